@@ -1,0 +1,318 @@
+//! The offline bundle (`tuf/`, `ostree_repo/`, `apps/`) on a medium we do not trust.
+//!
+//! Every path is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to the
+//! bundle root: no symlink (fioctl bundles never contain one), no `..` and no absolute path
+//! can lead out of the bundle, whatever the stick holds. Names taken from metadata are
+//! validated before they become paths, and metadata files are read with a size cap.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use crate::error::{Code, Error, Result};
+use crate::tuf::MetaSource;
+
+/// Largest `targets.json` we read (a factory with thousands of targets stays far below).
+pub const TARGETS_CAP: u64 = 16 << 20;
+/// Largest other metadata file (roots with several RSA-4096 keys are a few tens of KiB).
+pub const META_CAP: u64 = 1 << 20;
+/// Largest `uri` file of an app.
+const URI_CAP: u64 = 4096;
+
+/// An opened bundle directory.
+#[derive(Debug)]
+pub struct Bundle {
+    path: PathBuf,
+    root: OwnedFd,
+}
+
+/// An app version the bundle carries: `apps/apps/<name>/<digest>/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppDir {
+    pub name: String,
+    pub digest: String,
+}
+
+fn how(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .mode(Mode::empty())
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
+}
+
+/// Is `s` usable as one path component taken from metadata or from the stick?
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'@'))
+}
+
+/// Is `s` a lowercase sha256 hex digest?
+pub fn valid_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Bundle {
+    /// Open `src_dir` as a bundle; it must be a directory that holds `tuf/`.
+    pub fn open(src_dir: &Path) -> Result<Bundle> {
+        let file = File::open(src_dir).map_err(|e| {
+            Error::not_found(format!("bundle {}: cannot open: {e}", src_dir.display()))
+        })?;
+        if !file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(Error::not_found(format!(
+                "bundle {}: not a directory",
+                src_dir.display()
+            )));
+        }
+        let b = Bundle {
+            path: src_dir.to_path_buf(),
+            root: file.into(),
+        };
+        match b.open_at("tuf", OFlag::O_DIRECTORY | OFlag::O_RDONLY)? {
+            Some(_) => Ok(b),
+            None => Err(Error::not_found(format!(
+                "bundle {}: no tuf/ directory (is this an offline update bundle?)",
+                src_dir.display()
+            ))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open `rel` beneath the bundle root; `None` if it does not exist.
+    fn open_at(&self, rel: &str, flags: OFlag) -> Result<Option<OwnedFd>> {
+        match openat2(self.root.as_raw_fd(), rel, how(flags)) {
+            // SAFETY: a successful openat2 returns a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(Errno::ELOOP) => Err(self.hostile(rel, "is or passes through a symlink")),
+            Err(Errno::EXDEV) => Err(self.hostile(rel, "leads outside the bundle")),
+            Err(Errno::ENOTDIR) => Err(self.hostile(rel, "has a file where a directory belongs")),
+            Err(e) => Err(Error::new(
+                Code::Copy,
+                format!("bundle {}: {rel}: {e}", self.path.display()),
+            )),
+        }
+    }
+
+    fn hostile(&self, rel: &str, what: &str) -> Error {
+        Error::invalid_bundle(format!(
+            "bundle {}: {rel} {what}: refused",
+            self.path.display()
+        ))
+    }
+
+    /// Open a regular file beneath the bundle root for reading.
+    pub fn open_file(&self, rel: &str) -> Result<Option<(File, u64)>> {
+        let Some(fd) = self.open_at(rel, OFlag::O_RDONLY)? else {
+            return Ok(None);
+        };
+        let f = File::from(fd);
+        let meta = f
+            .metadata()
+            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
+        if !meta.is_file() {
+            return Err(self.hostile(rel, "is not a regular file"));
+        }
+        Ok(Some((f, meta.len())))
+    }
+
+    /// Read a whole small file, refusing more than `cap` bytes.
+    pub fn read_capped(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        let Some((f, len)) = self.open_file(rel)? else {
+            return Ok(None);
+        };
+        let oversized =
+            || Error::metadata_update(format!("{rel}: larger than the {cap}-byte limit"));
+        if len > cap {
+            return Err(oversized());
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(cap + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: read failed: {e}")))?;
+        if buf.len() as u64 > cap {
+            return Err(oversized());
+        }
+        Ok(Some(buf))
+    }
+
+    /// Names in directory `rel` (without `.`/`..`), or `None` if it does not exist.
+    pub fn list_dir(&self, rel: &str) -> Result<Option<Vec<String>>> {
+        let Some(fd) = self.open_at(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)? else {
+            return Ok(None);
+        };
+        // Dir takes the descriptor over and closes it on drop.
+        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())
+            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
+    /// Does `ostree_repo` hold the commit object `sha` (what fioctl and the device check)?
+    pub fn has_commit(&self, sha: &str) -> Result<bool> {
+        if !valid_digest(sha) {
+            return Ok(false);
+        }
+        let rel = format!("ostree_repo/objects/{}/{}.commit", &sha[..2], &sha[2..]);
+        Ok(self.open_file(&rel)?.is_some())
+    }
+
+    /// Every app version in `apps/apps/*/*/uri`, by URI. Entries that are hidden, badly
+    /// named or not `<64 hex>` are not app versions and are skipped; links are refused.
+    pub fn app_uris(&self) -> Result<BTreeMap<String, AppDir>> {
+        let mut found = BTreeMap::new();
+        let Some(names) = self.list_dir("apps/apps")? else {
+            return Ok(found);
+        };
+        for name in names.into_iter().filter(|n| valid_name(n)) {
+            let versions = self
+                .list_dir(&format!("apps/apps/{name}"))?
+                .unwrap_or_default();
+            for digest in versions.into_iter().filter(|d| valid_digest(d)) {
+                let rel = format!("apps/apps/{name}/{digest}/uri");
+                let Some(bytes) = self.read_capped(&rel, URI_CAP)? else {
+                    continue;
+                };
+                let uri = String::from_utf8_lossy(&bytes).into_owned();
+                found.insert(
+                    uri,
+                    AppDir {
+                        name: name.clone(),
+                        digest: digest.clone(),
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl MetaSource for Bundle {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let cap = if name == "targets.json" {
+            TARGETS_CAP
+        } else {
+            META_CAP
+        };
+        let rel = format!("tuf/{name}");
+        let out = self.read_capped(&rel, cap);
+        // bundle-targets.json problems are "invalid bundle metadata" (15), not 4.
+        match out {
+            Err(e) if name == "bundle-targets.json" && e.code() == Code::MetadataUpdate => {
+                Err(Error::invalid_bundle(e.one_line()))
+            }
+            other => other,
+        }
+    }
+
+    fn root_versions(&self) -> Result<Vec<u64>> {
+        let names = self.list_dir("tuf")?.unwrap_or_default();
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".root.json"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|n| n.parse().ok())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["app-01", "a.b", "x_y", "A9"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", "._x"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert!(valid_digest(&"a".repeat(64)));
+        assert!(!valid_digest(&"A".repeat(64)));
+        assert!(!valid_digest(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn symlinks_and_escapes_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("tuf")).unwrap();
+        std::fs::write(root.join("outside"), b"secret").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("tuf/timestamp.json")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("tuf/snapshot.json")).unwrap();
+        let b = Bundle::open(root).unwrap();
+        for name in ["timestamp.json", "snapshot.json"] {
+            let e = b.read(name).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidBundle, "{name}");
+            assert!(e.one_line().contains("symlink"), "{}", e.one_line());
+        }
+        let e = b.read_capped("../outside", 10).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(
+            e.one_line().contains("outside the bundle"),
+            "{}",
+            e.one_line()
+        );
+        assert!(b.read("targets.json").unwrap().is_none());
+    }
+
+    #[test]
+    fn caps_and_non_regular_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tuf/timestamp.json")).unwrap();
+        std::fs::write(d.path().join("tuf/snapshot.json"), vec![b' '; 100]).unwrap();
+        let b = Bundle::open(d.path()).unwrap();
+        assert_eq!(
+            b.read("timestamp.json").unwrap_err().code(),
+            Code::InvalidBundle
+        );
+        let e = b.read_capped("tuf/snapshot.json", 99).unwrap_err();
+        assert_eq!(e.code(), Code::MetadataUpdate);
+        assert!(e.one_line().contains("limit"));
+    }
+
+    #[test]
+    fn root_versions_and_missing_tuf() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Bundle::open(d.path()).unwrap_err().code(),
+            Code::MetadataNotFound
+        );
+        std::fs::create_dir_all(d.path().join("tuf")).unwrap();
+        for n in [
+            "3.root.json",
+            "4.root.json",
+            "root.json",
+            "x.root.json",
+            "timestamp.json",
+        ] {
+            std::fs::write(d.path().join("tuf").join(n), b"{}").unwrap();
+        }
+        let b = Bundle::open(d.path()).unwrap();
+        let mut v = b.root_versions().unwrap();
+        v.sort();
+        assert_eq!(v, vec![3, 4]);
+    }
+}

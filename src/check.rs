@@ -1,0 +1,384 @@
+//! `usb-update check`: everything `install` decides, without changing anything.
+//!
+//! [`evaluate`] is the shared front half of `check` and `install`: load the device's config,
+//! policy, trust and state; verify the bundle; select a target; apply the policy. It returns
+//! a [`Report`] (what was found, for people and for `--json`) and, when the answer is to
+//! install, a [`Plan`] for the installer.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::config::{Config, PackageManager};
+use crate::device::Device;
+use crate::error::{Code, Error, Result};
+use crate::policy::Policy;
+use crate::select::{self, Candidate, Selection};
+use crate::state::{InstalledTarget, State};
+use crate::tuf::verify::{BundleInfo, RoleInfo, RootStep};
+use crate::tuf::{self, BundleRules, Verified};
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub config: Vec<PathBuf>,
+    pub policy: Vec<PathBuf>,
+    pub src_dir: PathBuf,
+    pub target: Option<String>,
+    /// `--force`: allow a downgrade (aklite-offline's meaning).
+    pub force: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub exit_code: u8,
+    pub error: Option<String>,
+    pub device: Option<DeviceSummary>,
+    /// The device's root chain, then the roots the bundle adds.
+    pub roots: Vec<RootStep>,
+    pub timestamp: Option<RoleInfo>,
+    pub snapshot: Option<RoleInfo>,
+    pub targets: Option<RoleInfo>,
+    pub bundle: Option<BundleInfo>,
+    pub selection: Option<Selection>,
+    pub selected: Option<Candidate>,
+    pub running: Option<InstalledTarget>,
+    pub decision: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceSummary {
+    pub hardware_id: String,
+    pub tags: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: crate::config::DeviceType,
+    pub package_manager: PackageManager,
+    pub booted_commit: Option<String>,
+    pub trusted_root_version: u64,
+}
+
+/// What `install` is to do.
+pub struct Plan {
+    pub code: Code,
+    pub target: Candidate,
+    pub verified: Verified,
+    pub bundle: Bundle,
+    pub config: Config,
+    pub policy: Policy,
+    pub state: State,
+}
+
+/// Run every check; the report is filled as far as the checks got.
+pub fn evaluate(req: &Request) -> (Report, Result<Plan>) {
+    let mut report = Report::default();
+    let result = evaluate_into(req, &mut report);
+    let code = match &result {
+        Ok(plan) => plan.code,
+        Err(e) => {
+            report.error = Some(e.one_line());
+            e.code()
+        }
+    };
+    report.exit_code = code.as_u8();
+    (report, result)
+}
+
+fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
+    let config = Config::load(&req.config)?;
+    let policy = Policy::load(&req.policy)?;
+    let device = Device::load(&config)?;
+    let state = State::load(&config.state_dir())?;
+    let booted = crate::ostree::booted_commit(&config.pacman)?;
+    report.device = Some(DeviceSummary {
+        hardware_id: device.hwid.clone(),
+        tags: device.tags.clone(),
+        kind: device.kind,
+        package_manager: config.pacman.kind,
+        booted_commit: booted.clone(),
+        trusted_root_version: device.trust.root.version,
+    });
+    report.roots = device.trust.chain.clone();
+
+    let allowed_tags = policy
+        .update
+        .allowed_tags
+        .clone()
+        .unwrap_or_else(|| device.tags.clone());
+    let bundle = Bundle::open(&req.src_dir)?;
+    let rules = BundleRules {
+        device_type: device.bundle_type(),
+        allowed_tags: &allowed_tags,
+        require_index: policy.update.require_bundle_targets,
+    };
+    let verified = tuf::verify_bundle(&device.trust, &bundle, &rules, &tuf::now_utc())?;
+    report.roots = verified.roots.clone();
+    report.timestamp = Some(verified.timestamp.clone());
+    report.snapshot = Some(verified.snapshot.clone());
+    report.targets = Some(verified.targets_role.clone());
+    report.bundle = verified.bundle.clone();
+
+    let compose = config.pacman.kind == PackageManager::OstreeComposeApps;
+    let sel_rules = select::Rules {
+        hwid: &device.hwid,
+        tags: &allowed_tags,
+        compose,
+        compose_apps: config.pacman.compose_apps.as_deref(),
+        requested: req.target.as_deref(),
+    };
+    let (selection, chosen) = select::select(&verified, &bundle, &sel_rules)?;
+    report.selection = Some(selection);
+    let chosen = chosen?;
+    report.selected = Some(chosen.clone());
+
+    let running = running_target(&state, booted.as_deref(), &verified, &device.hwid);
+    report.running = running.clone();
+    let bundle_tag = verified.bundle.as_ref().map(|b| b.index.tag.as_str());
+    let (code, why) = decide(&Decide {
+        policy: &policy,
+        state: &state,
+        chosen: &chosen,
+        running: running.as_ref(),
+        booted: booted.as_deref(),
+        device_tags: &device.tags,
+        bundle_tag,
+        compose,
+        force: req.force,
+    })?;
+    report.decision = Some(why);
+    Ok(Plan {
+        code,
+        target: chosen,
+        verified,
+        bundle,
+        config,
+        policy,
+        state,
+    })
+}
+
+/// What the device runs: the target recorded by an earlier update or, on a device we never
+/// updated, the TUF target whose commit is booted (aktualizr-lite's "initial target").
+pub fn running_target(
+    state: &State,
+    booted: Option<&str>,
+    verified: &Verified,
+    hwid: &str,
+) -> Option<InstalledTarget> {
+    if let Some(cur) = &state.current {
+        return Some(cur.clone());
+    }
+    let booted = booted?;
+    let known = verified
+        .targets
+        .iter()
+        .filter(|t| t.sha256 == booted && t.hardware_ids() == [hwid])
+        .max_by_key(|t| t.version());
+    Some(match known {
+        Some(t) => InstalledTarget {
+            name: t.name.clone(),
+            version: t.version(),
+            sha256: booted.to_string(),
+            apps: t.apps(),
+        },
+        None => InstalledTarget {
+            name: "Initial Target".into(),
+            version: None,
+            sha256: booted.to_string(),
+            apps: Default::default(),
+        },
+    })
+}
+
+pub struct Decide<'a> {
+    pub policy: &'a Policy,
+    pub state: &'a State,
+    pub chosen: &'a Candidate,
+    pub running: Option<&'a InstalledTarget>,
+    pub booted: Option<&'a str>,
+    pub device_tags: &'a [String],
+    pub bundle_tag: Option<&'a str>,
+    pub compose: bool,
+    pub force: bool,
+}
+
+/// The policy's verdict on the selected target: the code `install` returns and why.
+pub fn decide(d: &Decide) -> Result<(Code, String)> {
+    let p = &d.policy.update;
+    let c = d.chosen;
+    let version = c.version.unwrap_or(0);
+    let same_commit = d.booted == Some(c.ostree.as_str());
+    let same_apps = d.running.is_some_and(|r| r.apps == c.apps) || !d.compose;
+    let same = d.running.is_some_and(|r| r.name == c.name) && same_commit && same_apps;
+    if same && !p.allow_reinstall {
+        return Ok((
+            Code::Ok,
+            format!("{} is already installed: nothing to do", c.name),
+        ));
+    }
+    if let Some(f) = d.state.is_failed(&c.name) {
+        if !p.retry_failed_targets {
+            return Err(Error::policy(format!(
+                "{} failed on this device before ({}); the policy does not retry failed targets",
+                c.name, f.reason
+            )));
+        }
+    }
+    if let Some(min) = p.min_version.filter(|m| version < *m) {
+        return Err(Error::policy(format!(
+            "{} has version {version}, below the policy's minimum {min}",
+            c.name
+        )));
+    }
+    if let Some(max) = p.max_version.filter(|m| version > *m) {
+        return Err(Error::policy(format!(
+            "{} has version {version}, above the policy's maximum {max}",
+            c.name
+        )));
+    }
+    if let Some(tag) = d.bundle_tag {
+        let switch = !d.device_tags.is_empty() && !d.device_tags.iter().any(|t| t == tag);
+        if switch && !p.allow_tag_switch {
+            return Err(Error::policy(format!(
+                "the bundle is for tag {tag:?} but the device follows {:?}; the policy does not allow a tag switch",
+                d.device_tags
+            )));
+        }
+    }
+    let running_version = d.running.and_then(|r| r.version);
+    if let Some(rv) = running_version.filter(|rv| version < *rv) {
+        if !(p.allow_downgrade || d.force) {
+            return Err(Error::downgrade(format!(
+                "{} (version {version}) is older than the running version {rv}: downgrade refused \
+                 (--force or policy allow_downgrade)",
+                c.name
+            )));
+        }
+    }
+    let from = match d.running {
+        Some(r) => format!("{} ({})", r.name, fmt_version(r.version)),
+        None => "an unknown target".into(),
+    };
+    if !same_commit {
+        return Ok((
+            Code::NeedsReboot,
+            format!(
+                "install {} ({version}) over {from}: new rootfs, reboot needed",
+                c.name
+            ),
+        ));
+    }
+    if d.compose {
+        return Ok((
+            Code::AppsNeedRestart,
+            format!(
+                "install {} ({version}) over {from}: same rootfs, apps only",
+                c.name
+            ),
+        ));
+    }
+    Ok((
+        Code::Ok,
+        format!("{} runs this commit already: nothing to do", c.name),
+    ))
+}
+
+pub fn fmt_version(v: Option<u64>) -> String {
+    v.map_or_else(|| "version unknown".into(), |v| format!("version {v}"))
+}
+
+/// The human lines of a report, one per step.
+pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(d) = &r.device {
+        out.push(format!(
+            "device: hardware id {}, tags {:?}, type {:?}, {:?}, booted commit {}",
+            d.hardware_id,
+            d.tags,
+            d.kind,
+            d.package_manager,
+            d.booted_commit.as_deref().unwrap_or("unknown")
+        ));
+    }
+    for s in &r.roots {
+        out.push(format!(
+            "root: v{} expires {} ({})",
+            s.version, s.expires, s.source
+        ));
+    }
+    for (name, role) in [
+        ("timestamp", &r.timestamp),
+        ("snapshot", &r.snapshot),
+        ("targets", &r.targets),
+    ] {
+        if let Some(i) = role {
+            out.push(format!("{name}: v{} expires {}", i.version, i.expires));
+        }
+    }
+    match (&r.bundle, r.timestamp.is_some()) {
+        (Some(b), _) => out.push(format!(
+            "bundle {}: type {}, tag {}, v{} expires {}, lists {}",
+            src.display(),
+            b.index.kind,
+            b.index.tag,
+            b.version,
+            b.expires,
+            b.index.targets.join(", ")
+        )),
+        (None, true) => out.push(format!(
+            "bundle {}: no bundle-targets.json (allowed by policy)",
+            src.display()
+        )),
+        (None, false) => {}
+    }
+    if let Some(s) = &r.selection {
+        for c in &s.candidates {
+            let verdict = c
+                .rejected
+                .as_deref()
+                .map_or("candidate".to_string(), |w| format!("not a candidate: {w}"));
+            out.push(format!(
+                "target {} ({}): {verdict}",
+                c.name,
+                fmt_version(c.version)
+            ));
+        }
+        for n in &s.unknown {
+            out.push(format!(
+                "target {n}: listed by the bundle but not a TUF target"
+            ));
+        }
+        if s.unlisted > 0 {
+            out.push(format!(
+                "{} other TUF target(s) are not in this bundle",
+                s.unlisted
+            ));
+        }
+    }
+    if let Some(c) = &r.selected {
+        let apps: Vec<&str> = c.apps.keys().map(String::as_str).collect();
+        out.push(format!(
+            "selected: {} ({}), commit {}, apps [{}]",
+            c.name,
+            fmt_version(c.version),
+            c.ostree,
+            apps.join(", ")
+        ));
+    }
+    if let Some(run) = &r.running {
+        out.push(format!(
+            "running: {} ({}), commit {}",
+            run.name,
+            fmt_version(run.version),
+            run.sha256
+        ));
+    }
+    if let Some(d) = &r.decision {
+        out.push(format!("policy: {d}"));
+    }
+    if let Some(e) = &r.error {
+        out.push(format!("error: {e}"));
+    }
+    out.push(format!("install would return {}", r.exit_code));
+    out
+}

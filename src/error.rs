@@ -1,0 +1,111 @@
+//! The error type that crosses module boundaries and decides the process exit code.
+//!
+//! Every variant carries a one-line reason that names the file or object it is about; the
+//! numbers are the contract of DESIGN.md (aktualizr-lite's numbers where one exists).
+
+use std::fmt;
+
+/// An exit code of `usb-update` / `aklite-offline`. See the README table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "u8")]
+pub enum Code {
+    Ok = 0,
+    Internal = 1,
+    MetadataUpdate = 4,
+    NoMatchingTarget = 6,
+    ContentMissing = 8,
+    Security = 11,
+    Expired = 12,
+    MetadataNotFound = 14,
+    InvalidBundle = 15,
+    TargetNotFound = 20,
+    Busy = 30,
+    NothingPending = 40,
+    Copy = 50,
+    NoSpace = 60,
+    BootFirmware = 90,
+    RolledBack = 99,
+    NeedsReboot = 100,
+    AppsNeedRestart = 101,
+    Downgrade = 102,
+    PolicyRefused = 103,
+    RunBeforeReboot = 104,
+    RollbackAppsUnknown = 110,
+    RollbackImpossible = 120,
+}
+
+impl From<Code> for u8 {
+    fn from(c: Code) -> u8 {
+        c as u8
+    }
+}
+
+impl Code {
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", *self as u8)
+    }
+}
+
+/// A failure with the exit code it maps to and a one-line reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A refusal or failure with a documented exit code.
+    #[error("{msg}")]
+    Coded { code: Code, msg: String },
+    /// Anything unexpected (I/O on the device, libostree, bugs): exit 1, with its context chain.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
+        Error::Coded {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Coded { code, .. } => *code,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The one-line reason shown to the operator (an anyhow chain is joined with ": ").
+    pub fn one_line(&self) -> String {
+        match self {
+            Error::Coded { msg, .. } => msg.clone(),
+            Error::Internal(e) => format!("{e:#}").replace('\n', " "),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand constructors, so call sites read as the rule they enforce.
+macro_rules! ctor {
+    ($($name:ident => $code:ident),* $(,)?) => {
+        impl Error {
+            $(pub fn $name(msg: impl Into<String>) -> Self { Error::new(Code::$code, msg) })*
+        }
+    };
+}
+ctor! {
+    metadata_update => MetadataUpdate,
+    no_matching_target => NoMatchingTarget,
+    content_missing => ContentMissing,
+    security => Security,
+    expired => Expired,
+    not_found => MetadataNotFound,
+    invalid_bundle => InvalidBundle,
+    target_not_found => TargetNotFound,
+    downgrade => Downgrade,
+    policy => PolicyRefused,
+}

@@ -1,0 +1,30 @@
+//! `usb-update`: an offline (USB stick) update agent for OSTree + Docker Compose devices.
+//!
+//! Module map (find a behaviour from its name):
+//! - [`cli`]: the command line (`usb-update ...`, and `aklite-offline ...` by argv[0]);
+//! - [`error`]: the error type and the exit-code table;
+//! - [`config`]: aktualizr-lite compatible configuration (`sota.toml`, `conf.d`);
+//! - [`policy`]: the device policy (`/usr/lib|etc/usb-update/policy*.toml`);
+//! - [`device`]: who the device is: hardware id, tags, type, trusted roots, running target;
+//! - [`tuf`]: the Foundries TUF flavour: canonical JSON, keys, metadata, chain verification;
+//! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
+//! - [`select`]: which target of a verified bundle to install, and why the others are not;
+//! - [`check`]: the `check` command: verification + selection + policy, as a report;
+//! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
+//! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
+//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
+
+pub mod bundle;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod gen;
+pub mod ostree;
+pub mod policy;
+pub mod select;
+pub mod state;
+pub mod tuf;
+
+pub use error::{Code, Error, Result};

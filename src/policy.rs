@@ -1,0 +1,358 @@
+//! The device policy: which updates a device accepts from a stick, beyond what TUF proves.
+//!
+//! The vendor ships `/usr/lib/usb-update/policy.toml` in the (read-only) image; a site adapts
+//! it in `/etc` without copying the whole file, hence key-by-key layering. This is a security
+//! policy, so unlike the aktualizr-lite config nothing is lenient: each file is parsed on its
+//! own into an all-`Option` layer with unknown keys denied, and a typo, a wrong type or a
+//! broken file stops the agent with the file and line, instead of quietly meaning "allow".
+//!
+//! Adding a section: a public `XxxPolicy` with its safe `Default`, a private `XxxLayer` of
+//! `Option`s with `deny_unknown_fields`, one field in [`Layer`] and one `merge!` in
+//! [`Policy::apply`].
+
+use crate::config::expand_paths;
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// `Policy::default()` is the safe policy of a device with no policy file at all.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Policy {
+    pub update: UpdatePolicy,
+    /// The files applied, in order, so `check` and `status` can show where a rule came from.
+    pub sources: Vec<PathBuf>,
+}
+
+/// The `[update]` section: which targets may replace the running one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdatePolicy {
+    /// A lower version than the running one is refused (exit 102) unless set.
+    pub allow_downgrade: bool,
+    /// The running target again is "nothing to do" (exit 0) unless set.
+    pub allow_reinstall: bool,
+    /// Targets below are refused (103): pins a floor such as a security fix.
+    pub min_version: Option<u64>,
+    /// Targets above are refused (103): holds a site on a validated release.
+    pub max_version: Option<u64>,
+    /// `None`: the tags the device follows (`[pacman] tags`).
+    pub allowed_tags: Option<Vec<String>>,
+    /// A bundle tag that is allowed but not followed now is refused (103) unless set.
+    pub allow_tag_switch: bool,
+    /// Without `tuf/bundle-targets.json` aktualizr-lite skipped every bundle check.
+    pub require_bundle_targets: bool,
+    /// Targets that failed here before are refused (103) unless set, so a bad stick
+    /// plugged again does not loop through install and rollback.
+    pub retry_failed_targets: bool,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            allow_downgrade: false,
+            allow_reinstall: false,
+            min_version: None,
+            max_version: None,
+            allowed_tags: None,
+            allow_tag_switch: false,
+            require_bundle_targets: true,
+            retry_failed_targets: false,
+        }
+    }
+}
+
+/// One policy file as written: `None` everywhere it says nothing, so it overrides only what
+/// it mentions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layer {
+    update: Option<UpdateLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateLayer {
+    allow_downgrade: Option<bool>,
+    allow_reinstall: Option<bool>,
+    min_version: Option<u64>,
+    max_version: Option<u64>,
+    allowed_tags: Option<Vec<String>>,
+    allow_tag_switch: Option<bool>,
+    require_bundle_targets: Option<bool>,
+    retry_failed_targets: Option<bool>,
+}
+
+/// Copies the fields a layer sets onto the merged section; `opt` fields are `Option` in the
+/// merged section too.
+macro_rules! merge {
+    ($dst:expr, $src:expr; $($field:ident),* $(; opt $($opt:ident),*)?) => {{
+        let src = $src;
+        $(if let Some(v) = src.$field { $dst.$field = v; })*
+        $($(if let Some(v) = src.$opt { $dst.$opt = Some(v); })*)?
+    }};
+}
+
+impl Layer {
+    fn read(file: &Path) -> anyhow::Result<Layer> {
+        let text = fs::read_to_string(file)
+            .with_context(|| format!("cannot read policy file {}", file.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid policy file {}", file.display()))
+    }
+}
+
+impl Policy {
+    pub const DEFAULT_PATHS: [&'static str; 3] = [
+        "/usr/lib/usb-update/policy.toml",
+        "/etc/usb-update/policy.toml",
+        "/etc/usb-update/policy.d",
+    ];
+
+    /// Applies the policy files in path order (a directory's `*.toml` sorted by file name)
+    /// over the safe defaults; unlike the aktualizr config, the order is the path order, so
+    /// `/etc` always wins over the vendor file whatever the names.
+    pub fn load(paths: &[PathBuf]) -> anyhow::Result<Policy> {
+        let mut policy = Policy::default();
+        let mut min_source = None;
+        let mut max_source = None;
+        for file in expand_paths(paths, &Self::DEFAULT_PATHS, "policy")? {
+            let layer = Layer::read(&file)?;
+            if let Some(u) = &layer.update {
+                if u.min_version.is_some() {
+                    min_source = Some(file.clone());
+                }
+                if u.max_version.is_some() {
+                    max_source = Some(file.clone());
+                }
+            }
+            policy.apply(layer);
+            policy.sources.push(file);
+        }
+        if let (Some(min), Some(max)) = (policy.update.min_version, policy.update.max_version) {
+            if min > max {
+                let show =
+                    |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+                bail!(
+                    "policy: [update] min_version {min} (from {}) is greater than max_version {max} (from {}): no target could ever be installed",
+                    show(min_source),
+                    show(max_source)
+                );
+            }
+        }
+        Ok(policy)
+    }
+
+    fn apply(&mut self, layer: Layer) {
+        if let Some(u) = layer.update {
+            merge!(self.update, u;
+                allow_downgrade, allow_reinstall, allow_tag_switch, require_bundle_targets,
+                retry_failed_targets;
+                opt min_version, max_version, allowed_tags);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn load_one(text: &str) -> anyhow::Result<Policy> {
+        let t = TempDir::new().unwrap();
+        Policy::load(&[write(t.path(), "policy.toml", text)])
+    }
+
+    fn err_of(r: anyhow::Result<Policy>) -> String {
+        format!("{:#}", r.expect_err("expected an error"))
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let d = UpdatePolicy::default();
+        assert!(!d.allow_downgrade && !d.allow_reinstall && !d.allow_tag_switch);
+        assert!(d.require_bundle_targets && !d.retry_failed_targets);
+        assert_eq!(
+            (d.min_version, d.max_version, d.allowed_tags),
+            (None, None, None)
+        );
+        assert_eq!(load_one("").unwrap().update, UpdatePolicy::default());
+        assert_eq!(
+            load_one("[update]\n").unwrap().update,
+            UpdatePolicy::default()
+        );
+        let t = TempDir::new().unwrap();
+        let p = Policy::load(&[t.path().to_path_buf()]).unwrap();
+        assert_eq!(p.update, UpdatePolicy::default());
+        assert!(p.sources.is_empty());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let p = load_one(
+            "[update]\nallow_downgrade = true\nallow_reinstall = true\nmin_version = 10\nmax_version = 500\n\
+             allowed_tags = [\"main\", \"devel\"]\nallow_tag_switch = true\nrequire_bundle_targets = false\n\
+             retry_failed_targets = true\n",
+        )
+        .unwrap();
+        let expected = UpdatePolicy {
+            allow_downgrade: true,
+            allow_reinstall: true,
+            min_version: Some(10),
+            max_version: Some(500),
+            allowed_tags: Some(vec!["main".into(), "devel".into()]),
+            allow_tag_switch: true,
+            require_bundle_targets: false,
+            retry_failed_targets: true,
+        };
+        assert_eq!(p.update, expected);
+    }
+
+    #[test]
+    fn later_files_override_key_by_key_in_path_order() {
+        let t = TempDir::new().unwrap();
+        // Path order wins over names: the vendor file is "z", the site file "a".
+        let vendor = write(
+            t.path(),
+            "usr/z.toml",
+            "[update]\nallow_downgrade = true\nmin_version = 10\n",
+        );
+        let site = write(t.path(), "etc/a.toml", "[update]\nmin_version = 20\n");
+        let p = Policy::load(&[vendor.clone(), site.clone()]).unwrap();
+        assert!(p.update.allow_downgrade);
+        assert_eq!(p.update.min_version, Some(20));
+        assert_eq!(p.sources, vec![vendor, site]);
+    }
+
+    #[test]
+    fn directory_files_apply_in_file_name_order() {
+        let t = TempDir::new().unwrap();
+        let b = write(
+            t.path(),
+            "policy.d/20-b.toml",
+            "[update]\nmax_version = 200\n",
+        );
+        let a = write(
+            t.path(),
+            "policy.d/10-a.toml",
+            "[update]\nmax_version = 100\nallow_reinstall = true\n",
+        );
+        write(
+            t.path(),
+            "policy.d/30-c.toml.disabled",
+            "[update]\nmax_version = 300\n",
+        );
+        write(
+            t.path(),
+            "policy.d/sub/40-d.toml",
+            "[update]\nmax_version = 400\n",
+        );
+        let p = Policy::load(&[t.path().join("policy.d")]).unwrap();
+        assert_eq!(p.update.max_version, Some(200));
+        assert!(p.update.allow_reinstall);
+        assert_eq!(p.sources, vec![a, b]);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused_with_file_and_line() {
+        let e = err_of(load_one(
+            "[update]\nallow_downgrade = false\nalow_downgrade = true\n",
+        ));
+        assert!(
+            e.contains("policy.toml") && e.contains("line 3") && e.contains("alow_downgrade"),
+            "{e}"
+        );
+        let e = err_of(load_one("[updates]\nallow_downgrade = true\n"));
+        assert!(
+            e.contains("policy.toml") && e.contains("line 1") && e.contains("updates"),
+            "{e}"
+        );
+        let e = err_of(load_one("allow_downgrade = true\n"));
+        assert!(
+            e.contains("policy.toml") && e.contains("allow_downgrade"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_refused_with_file_and_line() {
+        for (text, line) in [
+            ("[update]\nallow_downgrade = \"yes\"\n", "line 2"),
+            ("[update]\n\nmin_version = -1\n", "line 3"),
+            ("[update]\nmax_version = \"500\"\n", "line 2"),
+            ("[update]\nallowed_tags = \"main\"\n", "line 2"),
+            ("update = true\n", "line 1"),
+        ] {
+            let e = err_of(load_one(text));
+            assert!(e.contains("policy.toml") && e.contains(line), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_file_is_refused_with_file_and_line() {
+        let t = TempDir::new().unwrap();
+        write(
+            t.path(),
+            "d/10-ok.toml",
+            "[update]\nallow_downgrade = true\n",
+        );
+        write(
+            t.path(),
+            "d/20-broken.toml",
+            "[update]\nallow_downgrade = true\nmax_version = \n",
+        );
+        let e = err_of(Policy::load(&[t.path().join("d")]));
+        assert!(e.contains("20-broken.toml") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_path_is_an_error() {
+        let t = TempDir::new().unwrap();
+        let missing = t.path().join("policy.toml");
+        let e = err_of(Policy::load(std::slice::from_ref(&missing)));
+        assert!(
+            e.contains(&format!("policy path {} does not exist", missing.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn min_above_max_is_an_error_even_across_files() {
+        let e = err_of(load_one("[update]\nmin_version = 20\nmax_version = 10\n"));
+        assert!(
+            e.contains("min_version 20") && e.contains("max_version 10"),
+            "{e}"
+        );
+        let t = TempDir::new().unwrap();
+        let a = write(
+            t.path(),
+            "a.toml",
+            "[update]\nmin_version = 20\nmax_version = 30\n",
+        );
+        let b = write(t.path(), "b.toml", "[update]\nmax_version = 10\n");
+        let e = err_of(Policy::load(&[a.clone(), b.clone()]));
+        assert!(
+            e.contains(&a.display().to_string()) && e.contains(&b.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(
+            load_one("[update]\nmin_version = 10\nmax_version = 10\n")
+                .unwrap()
+                .update
+                .min_version,
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn serializes_for_status_output() {
+        let v = serde_json::to_value(Policy::default()).unwrap();
+        assert_eq!(v["update"]["require_bundle_targets"], true);
+        assert!(v["update"]["allowed_tags"].is_null());
+    }
+}

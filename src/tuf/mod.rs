@@ -1,0 +1,13 @@
+//! The Foundries.io flavour of TUF, as devices running aktualizr-lite verify it.
+//!
+//! Not TUF 1.0: capitalised `_type`, upper-case `keytype`, opaque key ids, RSA-PSS with a
+//! recovered salt length, and a bundle index (`bundle-targets.json`) signed by the targets
+//! role. `canonical` and `keys` are the primitives, `meta` parses, `verify` decides.
+
+pub mod canonical;
+pub mod keys;
+pub mod meta;
+pub mod verify;
+
+pub use meta::{now_utc, BundleIndex, Envelope, Root, Target};
+pub use verify::{verify_bundle, BundleRules, MetaSource, Trust, Verified};

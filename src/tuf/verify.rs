@@ -1,0 +1,405 @@
+//! The trust decisions: signatures and thresholds, root rotation, the
+//! timestamp -> snapshot -> targets chain, and the bundle index (`bundle-targets.json`).
+//!
+//! Exit codes follow aktualizr-lite where it has one: a signature, threshold, version link,
+//! hash or rollback problem is a security error (11); expiry is 12; a missing file 14; a
+//! role file that is not well-formed metadata 4; anything wrong with `bundle-targets.json`
+//! 15. Each error message names the file.
+
+use std::collections::BTreeSet;
+
+use super::meta::{self, BundleIndex, Envelope, Root, Target};
+use crate::error::{Error, Result};
+
+/// Where metadata files come from (the bundle's `tuf/`, or any directory in tests).
+pub trait MetaSource {
+    /// The file's bytes, `None` if it does not exist. Size caps and path safety are the
+    /// source's business.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// The versions `N` of every `N.root.json` present.
+    fn root_versions(&self) -> Result<Vec<u64>>;
+}
+
+/// What the device already trusts before it looks at the bundle.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub root: Root,
+    /// Every root of the device's chain, oldest first, with where it came from.
+    pub chain: Vec<RootStep>,
+    /// Versions of the timestamp/snapshot/targets stored by an earlier update.
+    pub stored: StoredVersions,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoredVersions {
+    pub timestamp: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub targets: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RootStep {
+    pub version: u64,
+    pub expires: String,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoleInfo {
+    pub version: u64,
+    pub expires: String,
+}
+
+/// What the device identity contributes to the bundle-index checks.
+pub struct BundleRules<'a> {
+    /// `ci` / `prod`, or `None` when the device type is undefined (check skipped).
+    pub device_type: Option<&'a str>,
+    /// Tags the bundle's tag must be one of; empty: any tag.
+    pub allowed_tags: &'a [String],
+    /// Refuse a bundle without `bundle-targets.json`.
+    pub require_index: bool,
+}
+
+/// A bundle whose metadata passed every check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verified {
+    /// The device's chain followed by the roots the bundle added.
+    pub roots: Vec<RootStep>,
+    pub timestamp: RoleInfo,
+    pub snapshot: RoleInfo,
+    pub targets_role: RoleInfo,
+    pub bundle: Option<BundleInfo>,
+    pub targets: Vec<Target>,
+    /// Raw files to persist once an install succeeds (roots the bundle added, then the
+    /// three top-level roles), never by `check`.
+    #[serde(skip)]
+    pub to_store: Vec<(String, Vec<u8>)>,
+    #[serde(skip)]
+    pub root: Root,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BundleInfo {
+    #[serde(flatten)]
+    pub index: BundleIndex,
+    pub version: u64,
+    pub expires: String,
+}
+
+/// Does a threshold of `role`'s keys in `root` sign `env`? Key ids are labels; a key id
+/// listed twice counts once; signatures by keys outside the role are ignored; a method the
+/// device does not know refuses the file (as the device does, even for unknown keys).
+pub fn check_role_signatures(env: &Envelope, root: &Root, role: &str, file: &str) -> Result<()> {
+    let r = root.role(role);
+    let mut seen = BTreeSet::new();
+    let mut valid = 0u32;
+    for s in &env.signatures {
+        if s.method.is_none() {
+            return Err(Error::security(format!(
+                "{file}: signature method {:?} is not accepted",
+                s.method_name
+            )));
+        }
+        if !r.keyids.contains(&s.keyid) || !seen.insert(s.keyid.as_str()) {
+            continue;
+        }
+        let (Some(key), Some(sig)) = (root.keys.get(&s.keyid), s.sig.as_deref()) else {
+            continue;
+        };
+        if key.verify(&env.canonical_signed, sig) {
+            valid += 1;
+        }
+    }
+    if valid < r.threshold {
+        return Err(Error::security(format!(
+            "{file}: {valid} valid signature(s) by {role} keys of root v{}, {} required",
+            root.version, r.threshold
+        )));
+    }
+    Ok(())
+}
+
+fn parse(bytes: &[u8], file: &str) -> Result<Envelope> {
+    Envelope::parse(bytes).map_err(|e| Error::metadata_update(format!("{file}: {e}")))
+}
+
+fn malformed(file: &str) -> impl Fn(meta::Malformed) -> Error + '_ {
+    move |e| Error::metadata_update(format!("{file}: {e}"))
+}
+
+/// Check `env` (claiming to be root `old.version + 1`) against the trusted `old` root.
+pub fn rotate(old: &Root, env: &Envelope, file: &str) -> Result<Root> {
+    if !env.type_name().eq_ignore_ascii_case("root") {
+        return Err(Error::security(format!(
+            "{file}: signed as {:?}, not as a Root",
+            env.type_name()
+        )));
+    }
+    let new = Root::from_envelope(env).map_err(malformed(file))?;
+    if new.version != old.version + 1 {
+        return Err(Error::security(format!(
+            "{file}: root version {} does not follow trusted root v{} (must be exactly one up)",
+            new.version, old.version
+        )));
+    }
+    check_role_signatures(env, old, "root", file)?;
+    check_role_signatures(env, &new, "root", file)?;
+    Ok(new)
+}
+
+/// A trust anchor read from the device's own image: well-formed and self-signed.
+pub fn anchor(env: &Envelope, file: &str) -> Result<Root> {
+    let root = Root::from_envelope(env).map_err(malformed(file))?;
+    check_role_signatures(env, &root, "root", file)?;
+    Ok(root)
+}
+
+fn expiry_check(role: &str, file: &str, expires: &str, now: &str) -> Result<()> {
+    if expires < now {
+        return Err(Error::expired(format!(
+            "{file}: {role} metadata expired at {expires}: make a newer bundle"
+        )));
+    }
+    Ok(())
+}
+
+fn rollback_check(file: &str, bundle: u64, stored: Option<u64>) -> Result<()> {
+    match stored {
+        Some(s) if s > bundle => Err(Error::security(format!(
+            "{file}: version {bundle} is older than the device's version {s}: \
+             the bundle's TUF metadata is outdated, make a newer bundle"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn read_required(src: &dyn MetaSource, file: &str) -> Result<Vec<u8>> {
+    src.read(file)?
+        .ok_or_else(|| Error::not_found(format!("tuf/{file}: missing from the bundle")))
+}
+
+fn expect_type(env: &Envelope, want: &str, file: &str) -> Result<()> {
+    if env.type_name() != want {
+        return Err(Error::security(format!(
+            "{file}: signed as {:?}, not as {want:?}",
+            env.type_name()
+        )));
+    }
+    Ok(())
+}
+
+/// Verify the bundle's metadata from the device's trust, as a device would before using it.
+pub fn verify_bundle(
+    trust: &Trust,
+    src: &dyn MetaSource,
+    rules: &BundleRules,
+    now: &str,
+) -> Result<Verified> {
+    let mut roots = trust.chain.clone();
+    let mut root = trust.root.clone();
+    let mut to_store = Vec::new();
+    // Freshness is judged after integrity: a forged or inconsistent chain is reported as
+    // the security error it is, whatever the clock says.
+    let mut expiries: Vec<(&str, String, String)> = Vec::new();
+
+    // Roots: walk from the device's version; a bundle whose newest root is older than the
+    // device's was made before the last rotation and is refused outright.
+    let versions = src.root_versions()?;
+    if let Some(&newest) = versions.iter().max() {
+        if newest < root.version {
+            return Err(Error::security(format!(
+                "tuf/{newest}.root.json: the bundle's newest root is older than the device's \
+                 root v{}: the bundle's TUF metadata is outdated, make a newer bundle",
+                root.version
+            )));
+        }
+    }
+    loop {
+        let file = format!("{}.root.json", root.version + 1);
+        let Some(bytes) = src.read(&file)? else { break };
+        let env = parse(&bytes, &file)?;
+        root = rotate(&root, &env, &file)?;
+        roots.push(RootStep {
+            version: root.version,
+            expires: root.expires.clone(),
+            source: format!("bundle tuf/{file}"),
+        });
+        to_store.push((file, bytes));
+    }
+    if let Some(v) = versions.iter().find(|&&v| v > root.version) {
+        return Err(Error::security(format!(
+            "tuf/{v}.root.json: the bundle's root chain has a gap after root v{}",
+            root.version
+        )));
+    }
+    expiries.push((
+        "root",
+        format!("root v{}", root.version),
+        root.expires.clone(),
+    ));
+
+    let bundle = verify_index(&root, src, rules)?;
+    if let Some(b) = &bundle {
+        expiries.push(("bundle", "bundle-targets.json".into(), b.expires.clone()));
+    }
+
+    // Timestamp.
+    let ts_file = "timestamp.json";
+    let ts_bytes = read_required(src, ts_file)?;
+    let ts = parse(&ts_bytes, ts_file)?;
+    expect_type(&ts, "Timestamp", ts_file)?;
+    check_role_signatures(&ts, &root, "timestamp", ts_file)?;
+    let ts_info = role_info(&ts, ts_file)?;
+    rollback_check(ts_file, ts_info.version, trust.stored.timestamp)?;
+    expiries.push(("timestamp", ts_file.into(), ts_info.expires.clone()));
+    let snap_ref = meta::timestamp_snapshot_ref(&ts).map_err(malformed(ts_file))?;
+
+    // Snapshot, pinned by the timestamp.
+    let sn_file = "snapshot.json";
+    let sn_bytes = read_required(src, sn_file)?;
+    let sn = parse(&sn_bytes, sn_file)?;
+    expect_type(&sn, "Snapshot", sn_file)?;
+    if !snap_ref.hashes_match(&sn) {
+        return Err(Error::security(format!(
+            "{sn_file}: hash does not match the one in timestamp.json"
+        )));
+    }
+    check_role_signatures(&sn, &root, "snapshot", sn_file)?;
+    let sn_info = role_info(&sn, sn_file)?;
+    link_check(sn_file, sn_info.version, ts_file, snap_ref.version)?;
+    rollback_check(sn_file, sn_info.version, trust.stored.snapshot)?;
+    expiries.push(("snapshot", sn_file.into(), sn_info.expires.clone()));
+    let tg_ref = meta::snapshot_targets_ref(&sn).map_err(malformed(sn_file))?;
+
+    // Targets, pinned by the snapshot.
+    let tg_file = "targets.json";
+    let tg_bytes = read_required(src, tg_file)?;
+    let tg = parse(&tg_bytes, tg_file)?;
+    expect_type(&tg, "Targets", tg_file)?;
+    if !tg_ref.hashes_match(&tg) {
+        return Err(Error::security(format!(
+            "{tg_file}: hash does not match the one in snapshot.json"
+        )));
+    }
+    check_role_signatures(&tg, &root, "targets", tg_file)?;
+    let tg_info = role_info(&tg, tg_file)?;
+    link_check(tg_file, tg_info.version, sn_file, tg_ref.version)?;
+    rollback_check(tg_file, tg_info.version, trust.stored.targets)?;
+    expiries.push(("targets", tg_file.into(), tg_info.expires.clone()));
+    let targets = meta::targets(&tg).map_err(malformed(tg_file))?;
+    for (role, file, expires) in &expiries {
+        expiry_check(role, file, expires, now)?;
+    }
+
+    to_store.push((ts_file.to_string(), ts_bytes));
+    to_store.push((sn_file.to_string(), sn_bytes));
+    to_store.push((tg_file.to_string(), tg_bytes));
+    Ok(Verified {
+        roots,
+        timestamp: ts_info,
+        snapshot: sn_info,
+        targets_role: tg_info,
+        bundle,
+        targets,
+        to_store,
+        root,
+    })
+}
+
+fn role_info(env: &Envelope, file: &str) -> Result<RoleInfo> {
+    Ok(RoleInfo {
+        version: env.version().map_err(malformed(file))?,
+        expires: env.expires().map_err(malformed(file))?,
+    })
+}
+
+fn link_check(file: &str, version: u64, by: &str, pinned: u64) -> Result<()> {
+    if version != pinned {
+        return Err(Error::security(format!(
+            "{file}: version {version} does not match version {pinned} pinned by {by}"
+        )));
+    }
+    Ok(())
+}
+
+/// `bundle-targets.json`: stricter than TUF roles, as on the device: every signature must
+/// be by a targets key and valid; then expiry, device type and tag.
+fn verify_index(
+    root: &Root,
+    src: &dyn MetaSource,
+    rules: &BundleRules,
+) -> Result<Option<BundleInfo>> {
+    let file = "bundle-targets.json";
+    let Some(bytes) = src.read(file)? else {
+        if rules.require_index {
+            return Err(Error::not_found(format!(
+                "tuf/{file}: missing, and the policy requires it (make the bundle with fioctl >= v0.42)"
+            )));
+        }
+        return Ok(None);
+    };
+    let invalid = |m: String| Error::invalid_bundle(format!("{file}: {m}"));
+    let env = Envelope::parse(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if env.type_name() != "Targets" {
+        return Err(invalid(format!(
+            "signed as {:?}, not as \"Targets\"",
+            env.type_name()
+        )));
+    }
+    let role = root.role("targets");
+    let mut distinct = BTreeSet::new();
+    for s in &env.signatures {
+        if s.method.is_none() {
+            return Err(invalid(format!(
+                "signature method {:?} is not accepted",
+                s.method_name
+            )));
+        }
+        let key = role
+            .keyids
+            .contains(&s.keyid)
+            .then(|| root.keys.get(&s.keyid))
+            .flatten()
+            .ok_or_else(|| invalid(format!("signed with an unknown key {}", s.keyid)))?;
+        let ok = s
+            .sig
+            .as_deref()
+            .is_some_and(|sig| key.verify(&env.canonical_signed, sig));
+        if !ok {
+            return Err(invalid(format!("bad signature by key {}", s.keyid)));
+        }
+        distinct.insert(s.keyid.as_str());
+    }
+    if (distinct.len() as u32) < role.threshold {
+        return Err(invalid(format!(
+            "{} distinct valid signature(s) by targets keys of root v{}, {} required",
+            distinct.len(),
+            root.version,
+            role.threshold
+        )));
+    }
+    let info = RoleInfo {
+        version: env.version().map_err(|e| invalid(e.to_string()))?,
+        expires: env.expires().map_err(|e| invalid(e.to_string()))?,
+    };
+    let index = meta::bundle_index(&env).map_err(|e| invalid(e.to_string()))?;
+    if let Some(dt) = rules.device_type {
+        if index.kind != dt {
+            return Err(invalid(format!(
+                "bundle type {:?} does not match this {dt} device",
+                index.kind
+            )));
+        }
+    }
+    if !rules.allowed_tags.is_empty() && !rules.allowed_tags.contains(&index.tag) {
+        return Err(invalid(format!(
+            "bundle tag {:?} is not one of the allowed tags {:?}",
+            index.tag, rules.allowed_tags
+        )));
+    }
+    Ok(Some(BundleInfo {
+        index,
+        version: info.version,
+        expires: info.expires,
+    }))
+}
