@@ -10,6 +10,9 @@
 //! `Option`s with `deny_unknown_fields`, one field in [`Layer`] and one `merge!` in
 //! [`Policy::apply`].
 
+mod decide;
+pub use decide::{decide, fmt_version, Decide};
+
 use crate::config::expand_paths;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
