@@ -1,0 +1,131 @@
+//! Write an offline-update bundle (and optionally the device's provisioned roots).
+//!
+//! `cargo run --example make-bundle -- --out DIR [--hwid H] [--version V] [--tag T] [--apps N]
+//! [--rotations R] [--targets K] [--device-root-dir D] [--device-roots M]
+//! [--bulk-files F --bulk-bytes B]`
+//!
+//! The factory's keys are deterministic, so bundles made by separate runs share one root
+//! chain: a device provisioned by one run accepts bundles of the next.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use usb_update::gen::{self, ostree as gen_ostree, AppSpec, BundleSpec, BundleTargets, Factory};
+
+#[derive(Parser, Debug)]
+#[command(about = "Write a Foundries-compatible offline-update bundle")]
+struct Args {
+    /// Bundle directory to write (tuf/, ostree_repo/, apps/).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = gen::DEFAULT_HWID)]
+    hwid: String,
+    /// Target version (custom.version, a decimal string).
+    #[arg(long, default_value = "42")]
+    version: String,
+    /// Tag of the target and of bundle-targets.json.
+    #[arg(long, default_value = "devel")]
+    tag: String,
+    /// Number of compose apps (app-01, app-02, ...), each a runnable busybox image.
+    #[arg(long, default_value_t = 0)]
+    apps: usize,
+    /// Root rotations: the factory has roots 1..=1+R.
+    #[arg(long, default_value_t = 0)]
+    rotations: u64,
+    /// Extra targets in targets.json (not in the bundle's list, no content).
+    #[arg(long, default_value_t = 0)]
+    targets: usize,
+    /// Write the device's provisioned roots to D/ci/N.root.json (D = /usr/lib/sota/tuf).
+    #[arg(long)]
+    device_root_dir: Option<PathBuf>,
+    /// Roots the device is provisioned with (1..=M); the bundle carries M+1.. .
+    #[arg(long, default_value_t = 1)]
+    device_roots: u64,
+    /// Extra files of pseudo-random content in the OSTree commit (for benchmarks).
+    #[arg(long, default_value_t = 0)]
+    bulk_files: usize,
+    /// Total size of the extra files, in bytes.
+    #[arg(long, default_value_t = 0)]
+    bulk_bytes: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let mut factory = Factory::new()?;
+    for _ in 0..args.rotations {
+        factory.rotate_root()?;
+    }
+    let device_roots = args.device_roots.clamp(1, factory.latest_version());
+
+    let apps: Vec<AppSpec> = (1..=args.apps)
+        .map(|i| {
+            let name = format!("app-{i:02}");
+            AppSpec::busybox(&factory.name, &name, &format!("{name} v{}", args.version))
+        })
+        .collect();
+    let content = if args.bulk_files > 0 {
+        let commit = gen_ostree::commit_big_tree(
+            &args.out.join("ostree_repo"),
+            &format!("{}-lmp", args.hwid),
+            &args.version,
+            Vec::new(),
+            args.bulk_files,
+            args.bulk_bytes,
+        )?;
+        let apps = gen::write_apps(&args.out, &factory.name, &apps)?;
+        gen::Content { commit, apps }
+    } else {
+        gen::write_content(&args.out, &factory.name, &args.hwid, &args.version, &apps)?
+    };
+    let main_target =
+        gen::target_for(&args.hwid, &args.version, &content).with_tags(&[args.tag.as_str()]);
+
+    let mut targets = Vec::with_capacity(args.targets + 1);
+    let mut n = 0u64;
+    while targets.len() < args.targets {
+        n += 1;
+        let version = n.to_string();
+        if version == args.version {
+            continue;
+        }
+        let commit = hex::encode(Sha256::digest(format!("extra-commit-{n}")));
+        targets.push(gen::TargetSpec::new(&args.hwid, &version, &commit).with_tags(&[&args.tag]));
+    }
+    targets.push(main_target.clone());
+
+    let mut spec = BundleSpec::new(targets);
+    spec.tag = args.tag.clone();
+    spec.bundle_targets = BundleTargets::Only(vec![main_target.name.clone()]);
+    spec.roots_from = device_roots + 1;
+    gen::write_bundle(&factory, &spec, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+
+    println!("bundle:  {}", args.out.display());
+    println!(
+        "target:  {} (ostree commit {})",
+        main_target.name, content.commit
+    );
+    for app in &content.apps {
+        println!("app:     {}", app.uri);
+    }
+    println!(
+        "tuf:     roots {}..={} in the bundle, {} targets in targets.json",
+        spec.roots_from,
+        factory.latest_version(),
+        spec.targets.len()
+    );
+    if let Some(dir) = &args.device_root_dir {
+        factory.write_device_roots(dir, &spec.kind, device_roots)?;
+        println!(
+            "device:  roots 1..={device_roots} in {}/{}",
+            dir.display(),
+            spec.kind
+        );
+    }
+    println!("took:    {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
