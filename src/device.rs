@@ -47,7 +47,7 @@ impl Device {
 fn read_envelope(path: &Path) -> Result<Envelope> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Envelope::parse(&bytes)
-        .map_err(|e| Error::security(format!("trusted root {}: {e}", path.display())))
+        .map_err(|e| Error::security(format!("trusted metadata {}: {e}", path.display())))
 }
 
 /// `N.root.json` files in `dir`, by version.
@@ -76,14 +76,15 @@ fn root_files(dir: &Path) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
 /// imports only `ci/` roots 1 and 2, which are the same for both chains (as aktualizr-lite).
 pub fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
     let base = &cfg.storage.uptane_metadata_path;
-    let mut roots = root_files(base)?;
     let (sub, max) = match kind {
         DeviceType::Prod => ("prod", u64::MAX),
         DeviceType::Ci => ("ci", u64::MAX),
         DeviceType::Undefined => ("ci", 2),
     };
-    roots.extend(root_files(&base.join(sub))?);
+    let mut roots = root_files(&base.join(sub))?;
     roots.retain(|v, _| *v <= max);
+    // Roots directly in the directory are one chain for every device type.
+    roots.extend(root_files(base)?);
     Ok(roots)
 }
 

@@ -106,10 +106,8 @@ fn device_apps(t: &Target, rules: &Rules) -> BTreeMap<String, String> {
 fn mismatch(t: &Target, rules: &Rules) -> Option<(Code, String)> {
     let no = |m: String| Some((Code::NoMatchingTarget, m));
     if t.target_format() != Some("OSTREE") {
-        return no(format!(
-            "targetFormat is {:?}, not OSTREE",
-            t.target_format()
-        ));
+        let f = t.target_format().unwrap_or("missing");
+        return no(format!("targetFormat is {f:?}, not \"OSTREE\""));
     }
     let hw = t.hardware_ids();
     if hw != [rules.hwid] {
@@ -126,9 +124,9 @@ fn mismatch(t: &Target, rules: &Rules) -> Option<(Code, String)> {
         ));
     }
     if t.version().is_none() {
+        let v = t.version_str().unwrap_or("missing");
         return no(format!(
-            "custom.version {:?} is not a plain decimal number",
-            t.version_str()
+            "custom.version {v:?} is not a plain decimal number"
         ));
     }
     if let Some(app) = t.apps().keys().find(|a| !valid_name(a)) {

@@ -1,0 +1,256 @@
+//! Test support: a sandboxed device (config, policy, provisioned roots, a real OSTree
+//! sysroot, state directory) in a temporary directory, the binary run as an operator would,
+//! and fingerprints of whole trees to show that nothing changed.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use usb_update::gen::{self, Factory};
+
+pub const HWID: &str = gen::DEFAULT_HWID;
+
+pub struct Device {
+    pub tmp: TempDir,
+    pub conf: PathBuf,
+    pub policy: PathBuf,
+    pub sysroot: PathBuf,
+    pub storage: PathBuf,
+    pub tuf: PathBuf,
+}
+
+/// Builder options of a test device.
+pub struct DeviceSpec<'a> {
+    pub pacman_type: &'a str,
+    pub tags: &'a str,
+    /// Provisioned roots 1..=N.
+    pub roots: u64,
+    /// `Some("ci.pem")`: a device certificate from tests/fixtures/certs.
+    pub cert: Option<&'a str>,
+}
+
+impl Default for DeviceSpec<'_> {
+    fn default() -> Self {
+        DeviceSpec {
+            pacman_type: "ostree",
+            tags: "devel",
+            roots: 1,
+            cert: None,
+        }
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Device {
+    pub fn new(factory: &Factory) -> Device {
+        Device::with(factory, DeviceSpec::default())
+    }
+
+    pub fn with(factory: &Factory, spec: DeviceSpec) -> Device {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let d = Device {
+            conf: root.join("etc/sota/conf.d"),
+            policy: root.join("etc/usb-update/policy.d"),
+            sysroot: root.join("sysroot"),
+            storage: root.join("var/sota"),
+            tuf: root.join("usr/lib/sota/tuf"),
+            tmp,
+        };
+        for dir in [&d.conf, &d.policy, &d.sysroot, &d.storage, &d.tuf] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        factory
+            .write_provisioned_roots(&d.tuf, spec.roots)
+            .expect("roots");
+        run_ok(
+            Command::new("ostree")
+                .args(["admin", "init-fs", "--modern"])
+                .arg(&d.sysroot),
+        );
+        run_ok(
+            Command::new("ostree")
+                .args(["admin", "os-init", "lmp"])
+                .arg(format!("--sysroot={}", d.sysroot.display())),
+        );
+        let cert = spec.cert.map_or(String::new(), |c| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/certs")
+                .join(c);
+            format!("[import]\ntls_clientcert_path = \"{}\"\n", p.display())
+        });
+        let toml = format!(
+            "[provision]\nprimary_ecu_hardware_id = \"{HWID}\"\n\n\
+             [pacman]\ntype = \"{}\"\nsysroot = \"{}\"\nos = \"lmp\"\nbooted = \"simulated\"\n\
+             tags = \"{}\"\nreset_apps_root = \"{}\"\ncompose_apps_root = \"{}\"\n\n\
+             [storage]\npath = \"{}\"\nuptane_metadata_path = \"{}\"\n\n{cert}",
+            spec.pacman_type,
+            d.sysroot.display(),
+            spec.tags,
+            d.storage.join("reset-apps").display(),
+            d.storage.join("compose-apps").display(),
+            d.storage.display(),
+            d.tuf.display(),
+        );
+        std::fs::write(d.conf.join("sota.toml"), toml).expect("config");
+        d
+    }
+
+    pub fn set_policy(&self, toml: &str) {
+        std::fs::write(self.policy.join("50-test.toml"), toml).expect("policy");
+    }
+
+    /// Simulate a boot into `commit`.
+    pub fn boot(&self, commit: &str) {
+        let dir = self.sysroot.join(".usb-update-sim");
+        std::fs::create_dir_all(&dir).expect("sim dir");
+        std::fs::write(dir.join("booted"), commit).expect("sim booted");
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.storage.join("usb-update")
+    }
+
+    /// `usb-update <cmd> -c <conf> -p <policy> --src-dir <bundle> <args>`.
+    pub fn run(&self, cmd: &str, bundle: &Path, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .arg(cmd)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(&self.policy)
+            .arg("--src-dir")
+            .arg(bundle)
+            .args(args)
+            .output()
+            .expect("spawn usb-update");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn check(&self, bundle: &Path, args: &[&str]) -> Run {
+        self.run("check", bundle, args)
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The one-line reason (`error: ...`).
+    pub fn error(&self) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or("")
+    }
+
+    pub fn line(&self, prefix: &str) -> Option<&str> {
+        self.stdout.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[track_caller]
+    pub fn assert(&self, code: i32, error_contains: &str) {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.error().contains(error_contains),
+            "error line {:?} does not contain {error_contains:?}\nstdout:\n{}",
+            self.error(),
+            self.stdout
+        );
+        assert_eq!(
+            self.line(&format!("install would return {code}")),
+            Some(format!("install would return {code}").as_str())
+        );
+    }
+}
+
+/// Every entry under `root`: type, mode, size, content hash or link target.
+pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let m = std::fs::symlink_metadata(&p).expect("lstat");
+        let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+        let mode = m.permissions().mode();
+        let what = if m.is_symlink() {
+            format!("link {:?}", std::fs::read_link(&p).expect("readlink"))
+        } else if m.is_dir() {
+            walk(root, &p, out);
+            format!("dir {mode:o}")
+        } else {
+            let bytes = std::fs::read(&p).expect("read");
+            format!(
+                "file {mode:o} {} {:x} {}",
+                m.len(),
+                Sha256::digest(&bytes),
+                m.mtime()
+            )
+        };
+        out.insert(rel, what);
+    }
+}
+
+/// Fingerprints of the device and the bundle, taken before a command, compared after it.
+pub struct Unchanged {
+    device: BTreeMap<PathBuf, String>,
+    bundle: BTreeMap<PathBuf, String>,
+    device_root: PathBuf,
+    bundle_root: PathBuf,
+}
+
+impl Unchanged {
+    pub fn new(d: &Device, bundle: &Path) -> Unchanged {
+        Unchanged {
+            device: fingerprint(d.tmp.path()),
+            bundle: fingerprint(bundle),
+            device_root: d.tmp.path().to_path_buf(),
+            bundle_root: bundle.to_path_buf(),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert(&self) {
+        assert_eq!(
+            self.device,
+            fingerprint(&self.device_root),
+            "the device changed"
+        );
+        assert_eq!(
+            self.bundle,
+            fingerprint(&self.bundle_root),
+            "the bundle changed"
+        );
+    }
+}
