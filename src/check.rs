@@ -169,21 +169,24 @@ pub fn running_target(
         return Some(cur.clone());
     }
     let booted = booted?;
-    let known = verified
+    let mut known: Vec<&crate::tuf::Target> = verified
         .targets
         .iter()
         .filter(|t| t.sha256 == booted && t.hardware_ids() == [hwid])
-        .max_by_key(|t| t.version());
-    Some(match known {
-        Some(t) => InstalledTarget {
+        .collect();
+    known.sort_by_key(|t| t.version());
+    Some(match known.as_slice() {
+        [t] => InstalledTarget {
             name: t.name.clone(),
             version: t.version(),
             sha256: booted.to_string(),
             apps: t.apps(),
         },
-        None => InstalledTarget {
+        // Several targets share the commit (apps-only releases): which one runs is not
+        // known from the rootfs; the lowest version is a safe floor for the downgrade rule.
+        many => InstalledTarget {
             name: "Initial Target".into(),
-            version: None,
+            version: many.first().and_then(|t| t.version()),
             sha256: booted.to_string(),
             apps: Default::default(),
         },
