@@ -93,9 +93,15 @@ impl Bundle {
 
     /// Open `rel` beneath the bundle root; `None` if it does not exist.
     fn open_at(&self, rel: &str, flags: OFlag) -> Result<Option<OwnedFd>> {
-        match openat2(self.root.as_raw_fd(), rel, how(flags)) {
+        let opened = match openat2(self.root.as_raw_fd(), rel, how(flags)) {
             // SAFETY: a successful openat2 returns a new descriptor that nothing else owns.
-            Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })),
+            Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            // Kernels before 5.6 (and valgrind) lack openat2: walk the path ourselves.
+            Err(Errno::ENOSYS) => self.open_walk(rel, flags),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(fd) => Ok(Some(fd)),
             Err(Errno::ENOENT) => Ok(None),
             Err(Errno::ELOOP) => Err(self.hostile(rel, "is or passes through a symlink")),
             Err(Errno::EXDEV) => Err(self.hostile(rel, "leads outside the bundle")),
@@ -105,6 +111,40 @@ impl Bundle {
                 format!("bundle {}: {rel}: {e}", self.path.display()),
             )),
         }
+    }
+
+    /// What `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does, one component at a time:
+    /// `..` and absolute paths cannot leave the root, and `O_NOFOLLOW` refuses a symlink at
+    /// every step (ELOOP, or ENOTDIR for a symlink where a directory is needed).
+    fn open_walk(&self, rel: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+        let parts: Vec<&str> = rel
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if rel.starts_with('/') || parts.contains(&"..") {
+            return Err(Errno::EXDEV);
+        }
+        let mut dir: Option<OwnedFd> = None;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let f = if last {
+                flags
+            } else {
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY
+            };
+            let at = dir
+                .as_ref()
+                .map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
+            let fd = nix::fcntl::openat(
+                Some(at),
+                *part,
+                f | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            // SAFETY: a successful openat returns a new descriptor that nothing else owns.
+            dir = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        dir.ok_or(Errno::EXDEV)
     }
 
     fn hostile(&self, rel: &str, what: &str) -> Error {
@@ -276,6 +316,29 @@ mod tests {
             e.one_line()
         );
         assert!(b.read("targets.json").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_fallback_walk_refuses_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("tuf/sub")).unwrap();
+        std::fs::write(root.join("tuf/sub/ok"), b"x").unwrap();
+        std::fs::write(root.join("outside"), b"secret").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("tuf/link-dir")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("tuf/link-file")).unwrap();
+        let b = Bundle::open(root).unwrap();
+        let rd = OFlag::O_RDONLY;
+        assert!(b.open_walk("tuf/sub/ok", rd).is_ok());
+        assert!(b.open_walk("./tuf//sub/ok", rd).is_ok());
+        assert_eq!(b.open_walk("tuf/link-file", rd).unwrap_err(), Errno::ELOOP);
+        assert_eq!(
+            b.open_walk("tuf/link-dir/hostname", rd).unwrap_err(),
+            Errno::ENOTDIR
+        );
+        assert_eq!(b.open_walk("tuf/../outside", rd).unwrap_err(), Errno::EXDEV);
+        assert_eq!(b.open_walk("/etc/hostname", rd).unwrap_err(), Errno::EXDEV);
+        assert_eq!(b.open_walk("tuf/missing", rd).unwrap_err(), Errno::ENOENT);
     }
 
     #[test]

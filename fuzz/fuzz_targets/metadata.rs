@@ -14,16 +14,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(canonical::to_vec(&back).expect("canonical twice"), c);
         }
     }
-    let Ok(env) = meta::Envelope::parse(data) else { return };
+    let Ok(mut env) = meta::Envelope::parse(data) else { return };
     let _ = env.version();
     let _ = env.expires();
     let _ = meta::Root::from_envelope(&env);
     let _ = meta::timestamp_snapshot_ref(&env);
     let _ = meta::snapshot_targets_ref(&env);
-    if let Ok(targets) = meta::targets(&env) {
+    let _ = meta::bundle_index(&env);
+    if let Ok(targets) = meta::targets(&mut env) {
         for t in targets {
             let _ = (t.version(), t.apps(), t.hardware_ids(), t.tags());
         }
     }
-    let _ = meta::bundle_index(&env);
 });

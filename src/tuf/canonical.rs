@@ -21,7 +21,78 @@ pub fn to_vec(v: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out)
 }
 
-fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+/// The canonical bytes of an object, without building a `Value` around it.
+pub fn object_to_vec(m: &serde_json::Map<String, Value>) -> Result<Vec<u8>, CanonicalError> {
+    let mut out = Vec::with_capacity(256);
+    write_object(m, &mut out)?;
+    Ok(out)
+}
+
+/// Where canonical bytes go: a buffer, or straight into hashers (metadata hashes are over
+/// the canonical form of a whole file, which need not exist in memory for that).
+pub trait Out {
+    fn push(&mut self, b: u8);
+    fn extend_from_slice(&mut self, b: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn push(&mut self, b: u8) {
+        Vec::push(self, b)
+    }
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        Vec::extend_from_slice(self, b)
+    }
+}
+
+/// SHA-256 and SHA-512 of the canonical form, buffered so hashers see large updates.
+pub struct Hashes {
+    buf: Vec<u8>,
+    sha256: sha2::Sha256,
+    sha512: sha2::Sha512,
+}
+
+impl Out for Hashes {
+    fn push(&mut self, b: u8) {
+        self.buf.push(b);
+        self.flush_if_full();
+    }
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+        self.flush_if_full();
+    }
+}
+
+impl Hashes {
+    fn flush_if_full(&mut self) {
+        if self.buf.len() >= 8192 {
+            self.flush();
+        }
+    }
+    fn flush(&mut self) {
+        use sha2::Digest as _;
+        self.sha256.update(&self.buf);
+        self.sha512.update(&self.buf);
+        self.buf.clear();
+    }
+}
+
+/// Lowercase hex SHA-256 and SHA-512 of the canonical bytes of `v`.
+pub fn hashes(v: &Value) -> Result<(String, String), CanonicalError> {
+    use sha2::Digest as _;
+    let mut h = Hashes {
+        buf: Vec::with_capacity(16384),
+        sha256: sha2::Sha256::new(),
+        sha512: sha2::Sha512::new(),
+    };
+    write(v, &mut h)?;
+    h.flush();
+    Ok((
+        hex::encode(h.sha256.finalize()),
+        hex::encode(h.sha512.finalize()),
+    ))
+}
+
+fn write(v: &Value, out: &mut impl Out) -> Result<(), CanonicalError> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -46,36 +117,42 @@ fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
             }
             out.push(b']');
         }
-        Value::Object(m) => {
-            // Sort explicitly: serde_json's map is only sorted while no crate in the build
-            // turns on its `preserve_order` feature. str's Ord is byte-wise, as jsoncpp's.
-            let mut members: Vec<(&String, &Value)> = m.iter().collect();
-            members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, e)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(k, out);
-                out.push(b':');
-                write(e, out)?;
-            }
-            out.push(b'}');
-        }
+        Value::Object(m) => write_object(m, out)?,
     }
+    Ok(())
+}
+
+fn write_object(
+    m: &serde_json::Map<String, Value>,
+    out: &mut impl Out,
+) -> Result<(), CanonicalError> {
+    // Sort explicitly: serde_json's map is only sorted while no crate in the build
+    // turns on its `preserve_order` feature. str's Ord is byte-wise, as jsoncpp's.
+    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+    members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (k, e)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        write(e, out)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn push_u16_escape(u: u16, out: &mut Vec<u8>) {
+fn push_u16_escape(u: u16, out: &mut impl Out) {
     out.extend_from_slice(b"\\u");
     for shift in [12, 8, 4, 0] {
         out.push(HEX[((u >> shift) & 0xf) as usize]);
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+fn write_str(s: &str, out: &mut impl Out) {
     out.push(b'"');
     for c in s.chars() {
         match c {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256, Sha512};
 
 use super::canonical;
 use super::keys::{decode_sig, Method, PublicKey};
@@ -51,7 +50,7 @@ impl Envelope {
     }
 
     pub fn from_value(v: Value) -> Result<Envelope, Malformed> {
-        let whole = canonical::to_vec(&v).map_err(|e| bad(e.to_string()))?;
+        let (sha256, sha512) = canonical::hashes(&v).map_err(|e| bad(e.to_string()))?;
         let Value::Object(mut top) = v else {
             return Err(bad("not a JSON object"));
         };
@@ -82,14 +81,13 @@ impl Envelope {
                 })
             })
             .collect::<Result<Vec<_>, Malformed>>()?;
-        let canonical_signed =
-            canonical::to_vec(&Value::Object(signed.clone())).map_err(|e| bad(e.to_string()))?;
+        let canonical_signed = canonical::object_to_vec(&signed).map_err(|e| bad(e.to_string()))?;
         Ok(Envelope {
             signed,
             signatures,
             canonical_signed,
-            sha256: hex::encode(Sha256::digest(&whole)),
-            sha512: hex::encode(Sha512::digest(&whole)),
+            sha256,
+            sha512,
         })
     }
 
@@ -352,28 +350,27 @@ impl Target {
     }
 }
 
-/// Parse the `targets` map of a `Targets` file.
-pub fn targets(env: &Envelope) -> Result<Vec<Target>, Malformed> {
+/// Take the `targets` map out of a `Targets` file (moved, not copied: it is the largest
+/// part of any bundle's metadata).
+pub fn targets(env: &mut Envelope) -> Result<Vec<Target>, Malformed> {
     check_type(env, "Targets")?;
-    let map = env
-        .signed
-        .get("targets")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("no `signed.targets` object"))?;
-    map.iter()
-        .map(|(name, t)| {
+    let Some(Value::Object(map)) = env.signed.remove("targets") else {
+        return Err(bad("no `signed.targets` object"));
+    };
+    map.into_iter()
+        .map(|(name, mut t)| {
             let sha256 = t
                 .get("hashes")
                 .and_then(|h| h.get("sha256"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad(format!("target {name:?} has no hashes.sha256")))?
                 .to_ascii_lowercase();
-            let custom = match t.get("custom") {
-                Some(Value::Object(m)) => m.clone(),
+            let custom = match t.get_mut("custom").map(Value::take) {
+                Some(Value::Object(m)) => m,
                 _ => Map::new(),
             };
             Ok(Target {
-                name: name.clone(),
+                name,
                 sha256,
                 custom,
             })

@@ -274,7 +274,7 @@ pub fn verify_bundle(
     // Targets, pinned by the snapshot.
     let tg_file = "targets.json";
     let tg_bytes = read_required(src, tg_file)?;
-    let tg = parse(&tg_bytes, tg_file)?;
+    let mut tg = parse(&tg_bytes, tg_file)?;
     expect_type(&tg, "Targets", tg_file)?;
     if !tg_ref.hashes_match(&tg) {
         return Err(Error::security(format!(
@@ -286,7 +286,7 @@ pub fn verify_bundle(
     link_check(tg_file, tg_info.version, sn_file, tg_ref.version)?;
     rollback_check(tg_file, tg_info.version, trust.stored.targets)?;
     expiries.push(("targets", tg_file.into(), tg_info.expires.clone()));
-    let targets = meta::targets(&tg).map_err(malformed(tg_file))?;
+    let targets = meta::targets(&mut tg).map_err(malformed(tg_file))?;
     for (role, file, expires) in &expiries {
         expiry_check(role, file, expires, now)?;
     }
