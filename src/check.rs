@@ -198,11 +198,11 @@ pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(d) = &r.device {
         out.push(format!(
-            "device: hardware id {}, tags {:?}, type {:?}, {:?}, booted commit {}",
+            "device: hardware id {}, tags {:?}, type {}, package manager {}, booted commit {}",
             d.hardware_id,
             d.tags,
-            d.kind,
-            d.package_manager,
+            serde_name(&d.kind),
+            serde_name(&d.package_manager),
             d.booted_commit.as_deref().unwrap_or("unknown")
         ));
     }
@@ -287,4 +287,12 @@ pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
     }
     out.push(format!("install would return {}", r.exit_code));
     out
+}
+
+/// The name a unit enum has in JSON, for the human lines.
+fn serde_name(v: &impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
 }

@@ -87,18 +87,28 @@ pub fn main() -> ExitCode {
 
 fn run_check(req: &check::Request, json: bool) -> u8 {
     let (report, _) = check::evaluate(req);
-    if json {
+    let text = if json {
         match serde_json::to_string(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("error: cannot serialise the report: {e}");
                 return 1;
             }
         }
     } else {
-        for line in check::human_lines(&report, &req.src_dir) {
-            println!("{line}");
-        }
-    }
+        check::human_lines(&report, &req.src_dir)
+            .into_iter()
+            .map(|l| l + "\n")
+            .collect()
+    };
+    print_out(&text);
     report.exit_code
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not our failure: the exit code
+/// still tells the result.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
