@@ -111,6 +111,19 @@ fn threshold_two() -> Factory {
     f
 }
 
+/// `file` of a threshold-two bundle with its first signature listed twice.
+fn signature_twice(file: &str) -> (Factory, Device, tempfile::TempDir, gen::Bundle) {
+    let f = threshold_two();
+    let d = Device::new(&f);
+    let b = tempfile::tempdir().unwrap();
+    let bb = bundle(&f, b.path(), |_| {});
+    let mut t = bb.read(file).unwrap();
+    let first = t["signatures"][0].clone();
+    t["signatures"] = json!([first.clone(), first]);
+    bb.write(file, &t).unwrap();
+    (f, d, b, bb)
+}
+
 #[test]
 fn threshold_unmet() {
     let f = threshold_two();
@@ -130,14 +143,7 @@ fn threshold_unmet() {
 
 #[test]
 fn same_signature_listed_twice() {
-    let f = threshold_two();
-    let d = Device::new(&f);
-    let b = tempfile::tempdir().unwrap();
-    let bb = bundle(&f, b.path(), |_| {});
-    let mut t = bb.read("targets.json").unwrap();
-    let first = t["signatures"][0].clone();
-    t["signatures"] = json!([first.clone(), first]);
-    bb.write("targets.json", &t).unwrap();
+    let (f, d, b, bb) = signature_twice("targets.json");
     bb.rechain(&f).unwrap();
     refused(
         &d,
@@ -149,14 +155,7 @@ fn same_signature_listed_twice() {
 
 #[test]
 fn bundle_targets_same_signature_twice() {
-    let f = threshold_two();
-    let d = Device::new(&f);
-    let b = tempfile::tempdir().unwrap();
-    let bb = bundle(&f, b.path(), |_| {});
-    let mut t = bb.read("bundle-targets.json").unwrap();
-    let first = t["signatures"][0].clone();
-    t["signatures"] = json!([first.clone(), first]);
-    bb.write("bundle-targets.json", &t).unwrap();
+    let (_f, d, b, _bb) = signature_twice("bundle-targets.json");
     refused(
         &d,
         b.path(),

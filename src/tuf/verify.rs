@@ -243,66 +243,94 @@ pub fn verify_bundle(
         expiries.push(("bundle", "bundle-targets.json".into(), b.expires.clone()));
     }
 
-    // Timestamp.
-    let ts_file = "timestamp.json";
-    let ts_bytes = read_required(src, ts_file)?;
-    let ts = parse(&ts_bytes, ts_file)?;
-    expect_type(&ts, "Timestamp", ts_file)?;
-    check_role_signatures(&ts, &root, "timestamp", ts_file)?;
-    let ts_info = role_info(&ts, ts_file)?;
-    rollback_check(ts_file, ts_info.version, trust.stored.timestamp)?;
-    expiries.push(("timestamp", ts_file.into(), ts_info.expires.clone()));
-    let snap_ref = meta::timestamp_snapshot_ref(&ts).map_err(malformed(ts_file))?;
-
-    // Snapshot, pinned by the timestamp.
-    let sn_file = "snapshot.json";
-    let sn_bytes = read_required(src, sn_file)?;
-    let sn = parse(&sn_bytes, sn_file)?;
-    expect_type(&sn, "Snapshot", sn_file)?;
-    if !snap_ref.hashes_match(&sn) {
-        return Err(Error::security(format!(
-            "{sn_file}: hash does not match the one in timestamp.json"
-        )));
+    // Timestamp, then snapshot pinned by it, then targets pinned by the snapshot.
+    let st = &trust.stored;
+    let ts = role_file(src, &root, ("timestamp", "Timestamp"), None, st.timestamp)?;
+    let snap_ref = meta::timestamp_snapshot_ref(&ts.env).map_err(malformed(ts.file))?;
+    let sn = role_file(
+        src,
+        &root,
+        ("snapshot", "Snapshot"),
+        Some((&snap_ref, ts.file)),
+        st.snapshot,
+    )?;
+    let tg_ref = meta::snapshot_targets_ref(&sn.env).map_err(malformed(sn.file))?;
+    let mut tg = role_file(
+        src,
+        &root,
+        ("targets", "Targets"),
+        Some((&tg_ref, sn.file)),
+        st.targets,
+    )?;
+    let targets = meta::targets(&mut tg.env).map_err(malformed(tg.file))?;
+    for r in [&ts, &sn, &tg] {
+        expiries.push((r.role, r.file.into(), r.info.expires.clone()));
     }
-    check_role_signatures(&sn, &root, "snapshot", sn_file)?;
-    let sn_info = role_info(&sn, sn_file)?;
-    link_check(sn_file, sn_info.version, ts_file, snap_ref.version)?;
-    rollback_check(sn_file, sn_info.version, trust.stored.snapshot)?;
-    expiries.push(("snapshot", sn_file.into(), sn_info.expires.clone()));
-    let tg_ref = meta::snapshot_targets_ref(&sn).map_err(malformed(sn_file))?;
-
-    // Targets, pinned by the snapshot.
-    let tg_file = "targets.json";
-    let tg_bytes = read_required(src, tg_file)?;
-    let mut tg = parse(&tg_bytes, tg_file)?;
-    expect_type(&tg, "Targets", tg_file)?;
-    if !tg_ref.hashes_match(&tg) {
-        return Err(Error::security(format!(
-            "{tg_file}: hash does not match the one in snapshot.json"
-        )));
-    }
-    check_role_signatures(&tg, &root, "targets", tg_file)?;
-    let tg_info = role_info(&tg, tg_file)?;
-    link_check(tg_file, tg_info.version, sn_file, tg_ref.version)?;
-    rollback_check(tg_file, tg_info.version, trust.stored.targets)?;
-    expiries.push(("targets", tg_file.into(), tg_info.expires.clone()));
-    let targets = meta::targets(&mut tg).map_err(malformed(tg_file))?;
     for (role, file, expires) in &expiries {
         expiry_check(role, file, expires, now)?;
     }
 
-    to_store.push((ts_file.to_string(), ts_bytes));
-    to_store.push((sn_file.to_string(), sn_bytes));
-    to_store.push((tg_file.to_string(), tg_bytes));
+    let (timestamp, snapshot, targets_role) = (ts.info.clone(), sn.info.clone(), tg.info.clone());
+    for r in [ts, sn, tg] {
+        to_store.push((r.file.to_string(), r.bytes));
+    }
     Ok(Verified {
         roots,
-        timestamp: ts_info,
-        snapshot: sn_info,
-        targets_role: tg_info,
+        timestamp,
+        snapshot,
+        targets_role,
         bundle,
         targets,
         to_store,
         root,
+    })
+}
+
+/// One of the three top-level role files, checked except for expiry (done last).
+struct RoleFile {
+    role: &'static str,
+    file: &'static str,
+    env: Envelope,
+    info: RoleInfo,
+    bytes: Vec<u8>,
+}
+
+/// Read `<role>.json`; check `_type`, the hash pinned by the file before it in the chain,
+/// the role's signatures, the version link to that pin, and rollback against the device.
+fn role_file(
+    src: &dyn MetaSource,
+    root: &Root,
+    (role, type_name): (&'static str, &str),
+    pin: Option<(&meta::MetaRef, &str)>,
+    stored: Option<u64>,
+) -> Result<RoleFile> {
+    let file = match role {
+        "timestamp" => "timestamp.json",
+        "snapshot" => "snapshot.json",
+        _ => "targets.json",
+    };
+    let bytes = read_required(src, file)?;
+    let env = parse(&bytes, file)?;
+    expect_type(&env, type_name, file)?;
+    if let Some((p, by)) = pin {
+        if !p.hashes_match(&env) {
+            return Err(Error::security(format!(
+                "{file}: hash does not match the one in {by}"
+            )));
+        }
+    }
+    check_role_signatures(&env, root, role, file)?;
+    let info = role_info(&env, file)?;
+    if let Some((p, by)) = pin {
+        link_check(file, info.version, by, p.version)?;
+    }
+    rollback_check(file, info.version, stored)?;
+    Ok(RoleFile {
+        role,
+        file,
+        env,
+        info,
+        bytes,
     })
 }
 
