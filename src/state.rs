@@ -81,11 +81,61 @@ impl State {
     pub fn is_failed(&self, name: &str) -> Option<&FailedTarget> {
         self.failed.iter().find(|f| f.name == name)
     }
+
+    /// Replace `state.json` atomically: a power cut leaves the old or the new file whole.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).context("serialising the state")?;
+        write_atomic(&Self::file(dir), &bytes)
+    }
+}
+
+/// Write `path` so that after a crash at any instant it holds either its old or its new
+/// content: temp file in the same directory, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn save_is_atomic_and_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("usb-update");
+        let mut s = State::load(&dir).unwrap();
+        s.failed.push(FailedTarget {
+            name: "t-3".into(),
+            sha256: "cd".into(),
+            reason: "r".into(),
+        });
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), s);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
 
     #[test]
     fn missing_is_empty_and_unknown_schema_is_an_error() {
