@@ -12,6 +12,7 @@
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
+//! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
 pub mod bundle;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod gen;
+pub mod lock;
 pub mod ostree;
 pub mod policy;
 pub mod select;
