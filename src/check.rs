@@ -165,12 +165,21 @@ pub fn running_target(
     verified: &Verified,
     hwid: &str,
 ) -> Option<InstalledTarget> {
+    running_target_from(state, booted, &verified.targets, hwid)
+}
+
+/// [`running_target`] over any list of trusted targets.
+pub fn running_target_from(
+    state: &State,
+    booted: Option<&str>,
+    targets: &[crate::tuf::Target],
+    hwid: &str,
+) -> Option<InstalledTarget> {
     if let Some(cur) = &state.current {
         return Some(cur.clone());
     }
     let booted = booted?;
-    let mut known: Vec<&crate::tuf::Target> = verified
-        .targets
+    let mut known: Vec<&crate::tuf::Target> = targets
         .iter()
         .filter(|t| t.sha256 == booted && t.hardware_ids() == [hwid])
         .collect();

@@ -50,6 +50,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the device runs now; changes nothing.
+    Current {
+        #[command(flatten)]
+        sources: Sources,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging() {
@@ -81,6 +89,7 @@ pub fn main() -> ExitCode {
             };
             run_check(&req, json)
         }
+        Command::Current { sources, json } => run_current(&sources, json),
     };
     ExitCode::from(code)
 }
@@ -103,6 +112,29 @@ fn run_check(req: &check::Request, json: bool) -> u8 {
     };
     print_out(&text);
     report.exit_code
+}
+
+fn run_current(sources: &Sources, json: bool) -> u8 {
+    match crate::current::current(&sources.config) {
+        Ok(c) => {
+            let text = if json {
+                serde_json::to_string(&c)
+                    .map(|s| s + "\n")
+                    .unwrap_or_default()
+            } else {
+                crate::current::human_lines(&c)
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect()
+            };
+            print_out(&text);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.one_line());
+            e.code().as_u8()
+        }
+    }
 }
 
 /// Write to stdout; a reader that went away (`| head`) is not our failure: the exit code

@@ -10,6 +10,7 @@
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
+//! - [`current`]: the `current` command: what the device runs now (read-only);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
@@ -19,6 +20,7 @@ pub mod bundle;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod current;
 pub mod device;
 pub mod error;
 pub mod gen;

@@ -125,14 +125,19 @@ impl Device {
 
     /// `usb-update <cmd> -c <conf> -p <policy> --src-dir <bundle> <args>`.
     pub fn run(&self, cmd: &str, bundle: &Path, args: &[&str]) -> Run {
+        let mut all = vec!["--src-dir", bundle.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        self.command(cmd, &all)
+    }
+
+    /// `usb-update <cmd> -c <conf> -p <policy> <args>`.
+    pub fn command(&self, cmd: &str, args: &[&str]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
             .arg(cmd)
             .arg("-c")
             .arg(&self.conf)
             .arg("-p")
             .arg(&self.policy)
-            .arg("--src-dir")
-            .arg(bundle)
             .args(args)
             .output()
             .expect("spawn usb-update");
