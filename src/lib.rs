@@ -11,11 +11,13 @@
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
+//! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
+pub mod bootloader;
 pub mod bundle;
 pub mod check;
 pub mod cli;
