@@ -20,9 +20,54 @@ pub struct State {
     /// The target the device runs, once an update through us has completed.
     #[serde(default)]
     pub current: Option<InstalledTarget>,
+    /// What ran before `current`: where a rollback goes.
+    #[serde(default)]
+    pub previous: Option<InstalledTarget>,
+    /// An installation waiting for its reboot and `run`.
+    #[serde(default)]
+    pub pending: Option<Pending>,
     /// Targets that failed on this device: refused unless the policy allows a retry.
     #[serde(default)]
     pub failed: Vec<FailedTarget>,
+    /// Results of `install` and `run`, oldest first, at most [`HISTORY_LEN`].
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// History entries kept.
+pub const HISTORY_LEN: usize = 100;
+
+/// An installation that `run` must finish.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub target: InstalledTarget,
+    pub phase: Phase,
+    /// The boot id when `install` finished: `run` before a reboot sees the same one.
+    pub boot_id: String,
+    /// What ran when `install` started (`None`: not known), restored on a rollback.
+    pub previous: Option<InstalledTarget>,
+    /// The deployment booted when `install` started: a bootloader rollback boots it again.
+    pub rollback_deployment: Option<String>,
+    /// The rootfs changed: `run` needs a reboot first.
+    pub needs_reboot: bool,
+    pub installed_at: String,
+}
+
+/// How far an installation got; each phase can be re-run after a power cut.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The new rootfs is deployed and default; waiting for the reboot.
+    Deployed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: String,
+    pub command: String,
+    pub target: String,
+    pub code: u8,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +127,18 @@ impl State {
         self.failed.iter().find(|f| f.name == name)
     }
 
+    pub fn record(&mut self, command: &str, target: &str, code: u8, message: &str) {
+        self.history.push(HistoryEntry {
+            at: crate::tuf::now_utc(),
+            command: command.into(),
+            target: target.into(),
+            code,
+            message: message.into(),
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..excess);
+    }
+
     /// Replace `state.json` atomically: a power cut leaves the old or the new file whole.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).context("serialising the state")?;
@@ -117,6 +174,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_keeps_the_newest_entries() {
+        let mut s = State::default();
+        for i in 0..HISTORY_LEN + 5 {
+            s.record("install", &format!("t-{i}"), 100, "ok");
+        }
+        assert_eq!(s.history.len(), HISTORY_LEN);
+        assert_eq!(s.history[0].target, "t-5");
+        assert_eq!(
+            s.history[HISTORY_LEN - 1].target,
+            format!("t-{}", HISTORY_LEN + 4)
+        );
+    }
 
     #[test]
     fn save_is_atomic_and_round_trips() {
