@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Policy {
     pub update: UpdatePolicy,
+    pub agent: AgentPolicy,
     /// The files applied, in order, so `check` and `status` can show where a rule came from.
     pub sources: Vec<PathBuf>,
 }
@@ -64,12 +65,34 @@ impl Default for UpdatePolicy {
     }
 }
 
+/// The `[agent]` section: how the updater behaves on this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentPolicy {
+    /// The flock shared with aktualizr-lite; another path only for tests and sandboxes.
+    pub lock_file: PathBuf,
+}
+
+impl Default for AgentPolicy {
+    fn default() -> Self {
+        AgentPolicy {
+            lock_file: PathBuf::from(crate::lock::DEFAULT_PATH),
+        }
+    }
+}
+
 /// One policy file as written: `None` everywhere it says nothing, so it overrides only what
 /// it mentions.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Layer {
     update: Option<UpdateLayer>,
+    agent: Option<AgentLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentLayer {
+    lock_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +173,9 @@ impl Policy {
                 allow_downgrade, allow_reinstall, allow_tag_switch, require_bundle_targets,
                 retry_failed_targets;
                 opt min_version, max_version, allowed_tags);
+        }
+        if let Some(a) = layer.agent {
+            merge!(self.agent, a; lock_file);
         }
     }
 }

@@ -105,6 +105,10 @@ impl Device {
             d.tuf.display(),
         );
         std::fs::write(d.conf.join("sota.toml"), toml).expect("config");
+        // Never the machine's own /var/lock/aklite.lock.
+        let lock = d.tmp.path().join("run/lock/aklite.lock");
+        let policy = format!("[agent]\nlock_file = \"{}\"\n", lock.display());
+        std::fs::write(d.policy.join("00-sandbox.toml"), policy).expect("policy");
         d
     }
 
