@@ -1,0 +1,517 @@
+//! The device's OSTree sysroot, through libostree.
+//!
+//! Which deployment counts as booted depends on `[pacman] booted`: the real booted one, the
+//! default one (`staged`, aktualizr-lite's test setting for a sysroot that is not booted), or
+//! the one named by the simulation files (`simulated`, see the README: a test double for the
+//! reboot and the bootloader, active only when configured).
+//!
+//! - [`pull_from_bundle`] ([`pull`]): the commit from the stick into the sysroot repo;
+//! - [`deploy`], [`make_default`], [`remove_deployment`], [`cleanup`]: the deployment list,
+//!   each under the sysroot lock, as aktualizr(-lite) manipulates it;
+//! - [`deployments`], [`booted`], [`booted_commit`], [`boot_id`]: what the device runs;
+//! - [`testsys`]: a throw-away sysroot for tests and the demo.
+
+mod pull;
+pub mod testsys;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use ostree::{gio, glib};
+
+use crate::config::{BootedMode, Pacman};
+use crate::error::{Code, Error};
+
+pub use pull::{pull_from_bundle, PullProgress, PullStats};
+
+/// Directory of the simulated-boot files, relative to the sysroot.
+pub const SIM_DIR: &str = ".usb-update-sim";
+
+/// Boot id of a simulated device whose `boot_id` file does not exist yet.
+pub const SIM_INITIAL_BOOT_ID: &str = "sim-0";
+
+/// How long a deployment change waits for another libostree writer (`ostree admin`,
+/// a second agent) to release the sysroot lock before it gives up.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One deployment of the configured OS.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeploymentInfo {
+    pub osname: String,
+    /// The OSTree commit checksum (the TUF target's sha256).
+    pub csum: String,
+    /// Distinguishes two deployments of the same commit (`<csum>.<serial>`).
+    pub serial: i32,
+    /// The deployment's root directory (absolute, under the sysroot): read
+    /// `usr/lib/firmware/version.txt` or `usr/lib/os-release` of a new deployment here.
+    pub path: PathBuf,
+    /// Kernel command line of its boot entry (the `options` line), empty when none.
+    pub kargs: String,
+    /// `refspec` of its origin file: the commit checksum for what we deploy.
+    pub origin_refspec: Option<String>,
+    pub pinned: bool,
+}
+
+fn open_sysroot(path: &Path) -> anyhow::Result<ostree::Sysroot> {
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading the OSTree sysroot at {}", path.display()))?;
+    Ok(sysroot)
+}
+
+/// The sysroot lock (`<sysroot>/ostree/lock`), held while the deployment list changes, so
+/// that `ostree admin` or a second agent never interleaves with us; released on drop.
+struct SysrootLock<'a> {
+    sysroot: &'a ostree::Sysroot,
+}
+
+impl<'a> SysrootLock<'a> {
+    fn acquire(sysroot: &'a ostree::Sysroot, path: &Path) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            let got = sysroot
+                .try_lock()
+                .with_context(|| format!("locking the OSTree sysroot at {}", path.display()))?;
+            if got {
+                return Ok(SysrootLock { sysroot });
+            }
+            if start.elapsed() > LOCK_TIMEOUT {
+                bail!(
+                    "the OSTree sysroot at {} is locked by another process (ostree admin?) for more than {} s",
+                    path.display(),
+                    LOCK_TIMEOUT.as_secs()
+                );
+            }
+            if !told {
+                tracing::info!("waiting for the OSTree sysroot lock of {}", path.display());
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for SysrootLock<'_> {
+    fn drop(&mut self) {
+        self.sysroot.unlock();
+    }
+}
+
+fn info(sysroot: &ostree::Sysroot, root: &Path, d: &ostree::Deployment) -> DeploymentInfo {
+    let kargs = d
+        .bootconfig()
+        .and_then(|b| b.get("options"))
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let origin_refspec = d
+        .origin()
+        .and_then(|o| o.string("origin", "refspec").ok())
+        .map(|s| s.to_string());
+    DeploymentInfo {
+        osname: d.osname().to_string(),
+        csum: d.csum().to_string(),
+        serial: d.deployserial(),
+        path: root.join(sysroot.deployment_dirpath(d).as_str()),
+        kargs,
+        origin_refspec,
+        pinned: d.is_pinned(),
+    }
+}
+
+fn os_deployments(sysroot: &ostree::Sysroot, os: &str) -> Vec<ostree::Deployment> {
+    sysroot
+        .deployments()
+        .into_iter()
+        .filter(|d| d.osname() == os)
+        .collect()
+}
+
+/// Deployments of `pacman.os` in boot order: the first is the default (what the next boot
+/// starts), the others are rollback candidates.
+pub fn deployments(pacman: &Pacman) -> anyhow::Result<Vec<DeploymentInfo>> {
+    let sysroot = open_sysroot(&pacman.sysroot)?;
+    Ok(os_deployments(&sysroot, &pacman.os)
+        .iter()
+        .map(|d| info(&sysroot, &pacman.sysroot, d))
+        .collect())
+}
+
+/// Path of a simulation file (`booted`, `boot_id`).
+pub fn sim_file(sysroot: &Path, name: &str) -> PathBuf {
+    sysroot.join(SIM_DIR).join(name)
+}
+
+fn read_sim(sysroot: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    let p = sim_file(sysroot, name);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The deployment that counts as running, from an already loaded sysroot.
+fn booted_deployment(
+    sysroot: &ostree::Sysroot,
+    pacman: &Pacman,
+) -> anyhow::Result<Option<ostree::Deployment>> {
+    Ok(match pacman.booted {
+        BootedMode::Booted => sysroot.booted_deployment(),
+        BootedMode::Staged => os_deployments(sysroot, &pacman.os).into_iter().next(),
+        BootedMode::Simulated => match read_sim(&pacman.sysroot, "booted")? {
+            None => os_deployments(sysroot, &pacman.os).into_iter().next(),
+            Some(csum) => {
+                let found = os_deployments(sysroot, &pacman.os)
+                    .into_iter()
+                    .find(|d| d.csum() == csum.as_str());
+                match found {
+                    Some(d) => Some(d),
+                    None => bail!(
+                        "simulated boot: {} names commit {csum}, which is not a deployment of {:?} in {}",
+                        sim_file(&pacman.sysroot, "booted").display(),
+                        pacman.os,
+                        pacman.sysroot.display()
+                    ),
+                }
+            }
+        },
+    })
+}
+
+/// The deployment the device runs now (see the module doc for the three modes); `None` for
+/// a sysroot nobody booted in `booted = "booted"` mode, or one without deployments.
+pub fn booted(pacman: &Pacman) -> anyhow::Result<Option<DeploymentInfo>> {
+    let sysroot = open_sysroot(&pacman.sysroot)?;
+    Ok(booted_deployment(&sysroot, pacman)?.map(|d| info(&sysroot, &pacman.sysroot, &d)))
+}
+
+/// The commit the device runs now, or `None` when no deployment counts as booted (a
+/// sysroot that was not booted with `booted = "booted"`). In simulated mode the file's
+/// checksum is returned as written, deployed or not (`check` only compares commits).
+pub fn booted_commit(pacman: &Pacman) -> anyhow::Result<Option<String>> {
+    if pacman.booted == BootedMode::Simulated {
+        if let Some(csum) = read_sim(&pacman.sysroot, "booted")? {
+            return Ok(Some(csum));
+        }
+    }
+    Ok(booted(pacman)?.map(|d| d.csum))
+}
+
+/// The id of the current boot: what `install` records and `run` compares to tell whether
+/// the reboot happened. Simulated: `<sysroot>/.usb-update-sim/boot_id`, or `sim-0`.
+pub fn boot_id(pacman: &Pacman) -> anyhow::Result<String> {
+    if pacman.booted == BootedMode::Simulated {
+        return Ok(read_sim(&pacman.sysroot, "boot_id")?
+            .unwrap_or_else(|| SIM_INITIAL_BOOT_ID.to_string()));
+    }
+    let p = Path::new("/proc/sys/kernel/random/boot_id");
+    let id = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(id.trim().to_string())
+}
+
+/// The deployment whose `/etc` and kernel arguments the new one inherits: the running one
+/// when there is one (as `ostree admin upgrade` and aktualizr do), else libostree's choice,
+/// which on a sysroot nobody booted is the default deployment of the OS.
+fn merge_deployment(
+    sysroot: &ostree::Sysroot,
+    pacman: &Pacman,
+) -> anyhow::Result<Option<ostree::Deployment>> {
+    if let Some(d) = booted_deployment(sysroot, pacman)? {
+        if d.osname() == pacman.os.as_str() {
+            return Ok(Some(d));
+        }
+    }
+    Ok(sysroot.merge_deployment(Some(&pacman.os)))
+}
+
+/// Origin of the new deployment: the merge deployment's (keys other tools put there
+/// survive), minus its transient state (`unlocked`, `override-commit`), with `refspec` set
+/// to the checksum as aktualizr does (no ref ever names the commit: nothing to resolve).
+fn new_origin(
+    sysroot: &ostree::Sysroot,
+    merge: Option<&ostree::Deployment>,
+    commit: &str,
+) -> glib::KeyFile {
+    let Some(merged) = merge.and_then(|m| m.origin()) else {
+        return sysroot.origin_new_from_refspec(commit);
+    };
+    let copy = glib::KeyFile::new();
+    if copy
+        .load_from_data(&merged.to_data(), glib::KeyFileFlags::KEEP_COMMENTS)
+        .is_err()
+    {
+        return sysroot.origin_new_from_refspec(commit);
+    }
+    ostree::Deployment::origin_remove_transient_state(&copy);
+    copy.set_string("origin", "refspec", commit);
+    copy
+}
+
+fn is_commit_checksum(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Message of a libostree failure that means "disk full" (ENOSPC or its own free-space
+/// reserve), as aktualizr recognises them.
+fn is_no_space(e: &glib::Error) -> bool {
+    let msg = e.message();
+    e.matches(gio::IOErrorEnum::NoSpace)
+        || msg.contains("No space left on device")
+        || (msg.contains("min-free-space") && msg.contains("would be exceeded"))
+        || (msg.contains("Delta requires") && msg.contains("free space"))
+}
+
+/// Deploy `commit` (already in the sysroot repo) for `pacman.os` and make it the default,
+/// under the sysroot lock. As aktualizr: `/etc` merged from, and kernel arguments copied
+/// from, the merge deployment (the booted one; the default one on a sysroot nobody booted);
+/// origin refspec = the checksum; `simple_write_deployment` with no flags, which keeps the
+/// booted (or, unbooted, the merge) deployment as the rollback, drops the other deployments
+/// of this OS (pinned ones and other OSes stay) and prunes the repo. libostree syncs the
+/// filesystems before it returns. A full disk while deploying is [`Code::NoSpace`].
+///
+/// Idempotent: when the default deployment already is `commit`, it is returned as is.
+pub fn deploy(pacman: &Pacman, commit: &str) -> crate::Result<DeploymentInfo> {
+    if !is_commit_checksum(commit) {
+        return Err(anyhow::anyhow!("{commit:?} is not an OSTree commit checksum").into());
+    }
+    let root = &pacman.sysroot;
+    let sysroot = open_sysroot(root)?;
+    let _lock = SysrootLock::acquire(&sysroot, root)?;
+    // Reload under the lock: the list may have changed since we opened it.
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading the OSTree sysroot at {}", root.display()))?;
+    let repo = sysroot.repo();
+    if !pull::commit_complete(&repo, &root.join("ostree/repo"), commit)? {
+        return Err(anyhow::anyhow!(
+            "commit {commit} is not (completely) in the repo of {}: pull it first",
+            root.display()
+        )
+        .into());
+    }
+    // Already the default (a rerun after a power cut between deploying and recording it):
+    // deploying again would make the fresh deployment the merge one and drop the rollback.
+    if let Some(first) = os_deployments(&sysroot, &pacman.os).into_iter().next() {
+        if first.csum() == commit {
+            tracing::info!(
+                "commit {commit} is already the default deployment in {}",
+                root.display()
+            );
+            return Ok(info(&sysroot, root, &first));
+        }
+    }
+    let merge = merge_deployment(&sysroot, pacman)?;
+    let origin = new_origin(&sysroot, merge.as_ref(), commit);
+    let kargs: Vec<String> = merge
+        .as_ref()
+        .and_then(|m| m.bootconfig())
+        .and_then(|b| b.get("options"))
+        .map(|o| o.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
+    let fail = |what: &str, e: glib::Error| -> Error {
+        let msg = format!(
+            "{what} commit {commit} in {}: {}",
+            root.display(),
+            e.message()
+        );
+        if is_no_space(&e) {
+            Error::new(Code::NoSpace, msg)
+        } else {
+            Error::Internal(anyhow::anyhow!(msg))
+        }
+    };
+    // Leftovers of an interrupted deploy would otherwise be counted against the disk.
+    sysroot
+        .prepare_cleanup(gio::Cancellable::NONE)
+        .map_err(|e| fail("cleaning up before deploying", e))?;
+    let opts = ostree::SysrootDeployTreeOpts {
+        // Some(empty) would mean "no kernel arguments"; None lets libostree copy them.
+        override_kernel_argv: (!kargs.is_empty()).then_some(&kargs[..]),
+        ..Default::default()
+    };
+    let new = sysroot
+        .deploy_tree_with_options(
+            Some(&pacman.os),
+            commit,
+            Some(&origin),
+            merge.as_ref(),
+            Some(&opts),
+            gio::Cancellable::NONE,
+        )
+        .map_err(|e| fail("deploying", e))?;
+    sysroot
+        .simple_write_deployment(
+            Some(&pacman.os),
+            &new,
+            merge.as_ref(),
+            ostree::SysrootSimpleWriteDeploymentFlags::NONE,
+            gio::Cancellable::NONE,
+        )
+        .map_err(|e| fail("writing the boot entries for", e))?;
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("reloading the OSTree sysroot at {}", root.display()))?;
+    let written = sysroot
+        .deployments()
+        .into_iter()
+        .find(|d| {
+            d.osname() == pacman.os.as_str()
+                && d.csum() == new.csum()
+                && d.deployserial() == new.deployserial()
+        })
+        .with_context(|| {
+            format!(
+                "deployment {commit}.{} missing from {} after writing it",
+                new.deployserial(),
+                root.display()
+            )
+        })?;
+    Ok(info(&sysroot, root, &written))
+}
+
+/// Put the first deployment of `csum` first (the next boot starts it), keeping all others
+/// in their order: the rollback when apps fail on the new rootfs, like `rpm-ostree
+/// rollback`. No-op when it already is the default; error when no deployment has `csum`.
+pub fn make_default(pacman: &Pacman, csum: &str) -> anyhow::Result<()> {
+    let root = &pacman.sysroot;
+    let sysroot = open_sysroot(root)?;
+    let _lock = SysrootLock::acquire(&sysroot, root)?;
+    sysroot.load(gio::Cancellable::NONE)?;
+    let all = sysroot.deployments();
+    let Some(idx) = all
+        .iter()
+        .position(|d| d.osname() == pacman.os.as_str() && d.csum() == csum)
+    else {
+        bail!(
+            "no deployment of commit {csum} for {:?} in {}",
+            pacman.os,
+            root.display()
+        );
+    };
+    if idx == 0 {
+        return Ok(());
+    }
+    let mut order = all.clone();
+    let chosen = order.remove(idx);
+    order.insert(0, chosen);
+    sysroot
+        .write_deployments(&order, gio::Cancellable::NONE)
+        .with_context(|| {
+            format!(
+                "making the deployment of {csum} the default in {}",
+                root.display()
+            )
+        })
+}
+
+/// Drop every deployment of `csum` (a target that failed) and prune what only it used.
+/// Refuses to drop the deployment that counts as booted. No deployment of `csum`: nothing to
+/// do (a rerun after a power cut).
+pub fn remove_deployment(pacman: &Pacman, csum: &str) -> anyhow::Result<()> {
+    let root = &pacman.sysroot;
+    let sysroot = open_sysroot(root)?;
+    let _lock = SysrootLock::acquire(&sysroot, root)?;
+    sysroot.load(gio::Cancellable::NONE)?;
+    let booted = booted_deployment(&sysroot, pacman)?;
+    let all = sysroot.deployments();
+    let drop = |d: &ostree::Deployment| d.osname() == pacman.os.as_str() && d.csum() == csum;
+    if let Some(b) = &booted {
+        if drop(b) && all.iter().any(|d| d.equal(b)) {
+            bail!(
+                "refusing to remove the deployment of {csum} from {}: it is the one running",
+                root.display()
+            );
+        }
+    }
+    let keep: Vec<ostree::Deployment> = all.iter().filter(|d| !drop(d)).cloned().collect();
+    if keep.len() == all.len() {
+        return Ok(());
+    }
+    sysroot
+        .write_deployments_with_options(
+            &keep,
+            &ostree::SysrootWriteDeploymentsOpts { do_postclean: true },
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("removing the deployment of {csum} from {}", root.display()))
+}
+
+/// After a successful update, what OSTree expects to remain: the default, the running and
+/// its rollback (the next one in boot order) deployments of this OS, plus pinned ones and
+/// other OSes; then `ostree_sysroot_cleanup` (old boot versions, deployment directories no
+/// longer listed, repo objects nothing references, stale transaction directories).
+pub fn cleanup(pacman: &Pacman) -> anyhow::Result<()> {
+    let root = &pacman.sysroot;
+    let sysroot = open_sysroot(root)?;
+    let _lock = SysrootLock::acquire(&sysroot, root)?;
+    sysroot.load(gio::Cancellable::NONE)?;
+    let booted = booted_deployment(&sysroot, pacman)?;
+    let all = sysroot.deployments();
+    let mine = os_deployments(&sysroot, &pacman.os);
+    let mut wanted: Vec<&ostree::Deployment> = mine.iter().take(1).collect();
+    if let Some(b) = &booted {
+        if let Some(pos) = mine.iter().position(|d| d.equal(b)) {
+            wanted.push(&mine[pos]);
+            if let Some(rollback) = mine.get(pos + 1) {
+                wanted.push(rollback);
+            }
+        }
+    }
+    let keep: Vec<ostree::Deployment> = all
+        .iter()
+        .filter(|d| {
+            d.osname() != pacman.os.as_str() || d.is_pinned() || wanted.iter().any(|w| w.equal(d))
+        })
+        .cloned()
+        .collect();
+    let ctx = || format!("cleaning up the OSTree sysroot at {}", root.display());
+    if keep.len() != all.len() {
+        sysroot
+            .write_deployments_with_options(
+                &keep,
+                &ostree::SysrootWriteDeploymentsOpts { do_postclean: true },
+                gio::Cancellable::NONE,
+            )
+            .with_context(ctx)?;
+    } else {
+        sysroot.cleanup(gio::Cancellable::NONE).with_context(ctx)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_checksums() {
+        assert!(is_commit_checksum(&"a".repeat(64)));
+        assert!(!is_commit_checksum(&"A".repeat(64)));
+        assert!(!is_commit_checksum("lmp"));
+        assert!(!is_commit_checksum(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn no_space_messages() {
+        let e = glib::Error::new(
+            gio::IOErrorEnum::Failed,
+            "min-free-space-percent '3%' would be exceeded, at least 4.1 kB requested",
+        );
+        assert!(is_no_space(&e));
+        let e = glib::Error::new(gio::IOErrorEnum::NoSpace, "fallocate");
+        assert!(is_no_space(&e));
+        let e = glib::Error::new(
+            gio::IOErrorEnum::Failed,
+            "Writing content object: No space left on device",
+        );
+        assert!(is_no_space(&e));
+        let e = glib::Error::new(gio::IOErrorEnum::Failed, "Corrupted file object");
+        assert!(!is_no_space(&e));
+    }
+}
