@@ -16,6 +16,9 @@ use crate::check;
     about = "Offline (USB) update agent for OSTree + Docker Compose devices"
 )]
 pub struct Cli {
+    /// Accepted for aklite-offline scripts; use USB_UPDATE_LOG for log levels.
+    #[arg(long = "log-level", global = true, hide = true, value_name = "N")]
+    pub log_level: Option<u8>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +53,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a bundle and install its target: 100 reboot then run, 0 nothing to do.
+    Install {
+        #[command(flatten)]
+        sources: Sources,
+        /// The bundle: the directory holding tuf/, ostree_repo/, apps/.
+        #[arg(short = 's', long, value_name = "DIR")]
+        src_dir: PathBuf,
+        /// Install this target (a TUF target name) instead of the highest version.
+        #[arg(short = 't', long, value_name = "NAME")]
+        target: Option<String>,
+        /// Allow a downgrade.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finalize a pending installation after its reboot.
+    Run {
+        #[command(flatten)]
+        sources: Sources,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// What the device runs now; changes nothing.
     Current {
         #[command(flatten)]
@@ -71,7 +99,19 @@ fn init_logging() {
 
 pub fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    // Installed or linked as `aklite-offline`, the same commands, flags and codes.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cli = if name == "aklite-offline" {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Cli::command().name("aklite-offline").get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    } else {
+        Cli::parse()
+    };
     let code = match cli.command {
         Command::Check {
             sources,
@@ -89,6 +129,23 @@ pub fn main() -> ExitCode {
             };
             run_check(&req, json)
         }
+        Command::Install {
+            sources,
+            src_dir,
+            target,
+            force,
+            json,
+        } => {
+            let req = check::Request {
+                config: sources.config,
+                policy: sources.policy,
+                src_dir,
+                target,
+                force,
+            };
+            run_install(&req, json)
+        }
+        Command::Run { sources, json } => run_run(&sources, json),
         Command::Current { sources, json } => run_current(&sources, json),
     };
     ExitCode::from(code)
@@ -96,22 +153,43 @@ pub fn main() -> ExitCode {
 
 fn run_check(req: &check::Request, json: bool) -> u8 {
     let (report, _) = check::evaluate(req);
+    print_report(&report, &req.src_dir, json, "install would return");
+    report.exit_code
+}
+
+fn print_report(report: &check::Report, src: &std::path::Path, json: bool, last: &str) {
     let text = if json {
-        match serde_json::to_string(&report) {
-            Ok(s) => s + "\n",
-            Err(e) => {
-                eprintln!("error: cannot serialise the report: {e}");
-                return 1;
-            }
-        }
+        serde_json::to_string(report)
+            .map(|s| s + "\n")
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise the report: {e}\"}}\n"))
     } else {
-        check::human_lines(&report, &req.src_dir)
-            .into_iter()
-            .map(|l| l + "\n")
-            .collect()
+        let mut lines = check::human_lines(report, src);
+        if let Some(l) = lines.last_mut() {
+            *l = format!("{last} {}", report.exit_code);
+        }
+        lines.into_iter().map(|l| l + "\n").collect()
     };
     print_out(&text);
+}
+
+fn run_install(req: &check::Request, json: bool) -> u8 {
+    let (report, _) = crate::install::install(req);
+    print_report(&report, &req.src_dir, json, "install returned");
     report.exit_code
+}
+
+fn run_run(sources: &Sources, json: bool) -> u8 {
+    let (code, message) = match crate::finalize::run(&sources.config, &sources.policy) {
+        Ok(o) => (o.code.as_u8(), o.message),
+        Err(e) => (e.code().as_u8(), format!("error: {}", e.one_line())),
+    };
+    let text = if json {
+        serde_json::json!({"exit_code": code, "message": message}).to_string() + "\n"
+    } else {
+        format!("{message}\nrun returned {code}\n")
+    };
+    print_out(&text);
+    code
 }
 
 fn run_current(sources: &Sources, json: bool) -> u8 {

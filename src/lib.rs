@@ -10,6 +10,8 @@
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
+//! - [`install`]: the `install` command: pull and deploy, record the pending installation;
+//! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
@@ -25,7 +27,9 @@ pub mod config;
 pub mod current;
 pub mod device;
 pub mod error;
+pub mod finalize;
 pub mod gen;
+pub mod install;
 pub mod lock;
 pub mod ostree;
 pub mod policy;

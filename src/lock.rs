@@ -116,7 +116,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("aklite.lock");
         std::fs::write(&path, b"").unwrap();
+        // --no-fork: the lock holder is the process we kill, not a child that outlives it.
         let mut child = std::process::Command::new("flock")
+            .arg("--no-fork")
             .arg(&path)
             .args(["sleep", "5"])
             .spawn()

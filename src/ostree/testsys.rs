@@ -66,6 +66,15 @@ impl TestSysroot {
     }
 
     /// The sysroot's repo (`ostree/repo`, bare mode).
+    /// A sysroot that [`init`] already made (owned by the caller: not removed on drop).
+    pub fn init_existing(path: &Path, os: &str) -> TestSysroot {
+        TestSysroot {
+            path: path.to_path_buf(),
+            os: os.to_string(),
+            tmp: None,
+        }
+    }
+
     pub fn repo(&self) -> PathBuf {
         self.path.join("ostree/repo")
     }

@@ -31,6 +31,8 @@ pub struct DeviceSpec<'a> {
     pub roots: u64,
     /// `Some("ci.pem")`: a device certificate from tests/fixtures/certs.
     pub cert: Option<&'a str>,
+    /// `[bootloader] rollback_mode`.
+    pub rollback_mode: &'a str,
 }
 
 impl Default for DeviceSpec<'_> {
@@ -40,17 +42,9 @@ impl Default for DeviceSpec<'_> {
             tags: "devel",
             roots: 1,
             cert: None,
+            rollback_mode: "none",
         }
     }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Device {
@@ -75,16 +69,7 @@ impl Device {
         factory
             .write_provisioned_roots(&d.tuf, spec.roots)
             .expect("roots");
-        run_ok(
-            Command::new("ostree")
-                .args(["admin", "init-fs", "--modern"])
-                .arg(&d.sysroot),
-        );
-        run_ok(
-            Command::new("ostree")
-                .args(["admin", "os-init", "lmp"])
-                .arg(format!("--sysroot={}", d.sysroot.display())),
-        );
+        usb_update::ostree::testsys::init(&d.sysroot, "lmp").expect("sysroot");
         let cert = spec.cert.map_or(String::new(), |c| {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/certs")
@@ -95,7 +80,8 @@ impl Device {
             "[provision]\nprimary_ecu_hardware_id = \"{HWID}\"\n\n\
              [pacman]\ntype = \"{}\"\nsysroot = \"{}\"\nos = \"lmp\"\nbooted = \"simulated\"\n\
              tags = \"{}\"\nreset_apps_root = \"{}\"\ncompose_apps_root = \"{}\"\n\n\
-             [storage]\npath = \"{}\"\nuptane_metadata_path = \"{}\"\n\n{cert}",
+             [storage]\npath = \"{}\"\nuptane_metadata_path = \"{}\"\n\n\
+             [bootloader]\nrollback_mode = \"{}\"\n\n{cert}",
             spec.pacman_type,
             d.sysroot.display(),
             spec.tags,
@@ -103,6 +89,7 @@ impl Device {
             d.storage.join("compose-apps").display(),
             d.storage.display(),
             d.tuf.display(),
+            spec.rollback_mode,
         );
         std::fs::write(d.conf.join("sota.toml"), toml).expect("config");
         // Never the machine's own /var/lock/aklite.lock.
@@ -110,6 +97,19 @@ impl Device {
         let policy = format!("[agent]\nlock_file = \"{}\"\n", lock.display());
         std::fs::write(d.policy.join("00-sandbox.toml"), policy).expect("policy");
         d
+    }
+
+    /// Deploy `commit` from `repo` with the ostree CLI, as the image the device shipped with.
+    pub fn deploy_initial(&self, repo: &Path, commit: &str) {
+        let sys = usb_update::ostree::testsys::TestSysroot::init_existing(&self.sysroot, "lmp");
+        sys.deploy_with_cli(repo, commit, &["quiet"])
+            .expect("initial deployment");
+    }
+
+    /// Reboot (simulated) into `commit` with a new boot id.
+    pub fn reboot_into(&self, commit: &str, boot_id: &str) {
+        usb_update::ostree::testsys::simulate_reboot(&self.sysroot, commit, boot_id)
+            .expect("reboot");
     }
 
     pub fn set_policy(&self, toml: &str) {
@@ -154,6 +154,13 @@ impl Device {
 
     pub fn check(&self, bundle: &Path, args: &[&str]) -> Run {
         self.run("check", bundle, args)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Deployments carry the immutable bit.
+        usb_update::ostree::testsys::make_removable(self.tmp.path());
     }
 }
 
@@ -249,17 +256,36 @@ impl Unchanged {
         }
     }
 
+    /// The lock file (created once, never unlinked) is the one thing that may appear.
     #[track_caller]
     pub fn assert(&self) {
-        assert_eq!(
-            self.device,
-            fingerprint(&self.device_root),
-            "the device changed"
-        );
-        assert_eq!(
-            self.bundle,
-            fingerprint(&self.bundle_root),
-            "the bundle changed"
+        let mut now = fingerprint(&self.device_root);
+        for p in ["run", "run/lock", "run/lock/aklite.lock"] {
+            if !self.device.contains_key(Path::new(p)) {
+                now.remove(Path::new(p));
+            }
+        }
+        assert_same(&self.device, &now, "the device changed");
+        assert_same(
+            &self.bundle,
+            &fingerprint(&self.bundle_root),
+            "the bundle changed",
         );
     }
+}
+
+#[track_caller]
+fn assert_same(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, String>, what: &str) {
+    let mut diff = Vec::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => diff.push(format!("- {}", k.display())),
+            Some(w) if w != v => diff.push(format!("~ {}: {v} -> {w}", k.display())),
+            _ => {}
+        }
+    }
+    for k in after.keys().filter(|k| !before.contains_key(*k)) {
+        diff.push(format!("+ {}", k.display()));
+    }
+    assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
 }

@@ -1,0 +1,104 @@
+//! `usb-update install`: `check`'s verdict, then the rootfs from the bundle deployed as the
+//! next boot's default, the pending installation recorded for `run`.
+//!
+//! Every step can be re-run after a power cut at any instant: the pull skips what the
+//! repo has, the deployment of a commit already deployed as default is reused, and the
+//! pending record and the trusted metadata are written atomically, in that order, last.
+
+use crate::bootloader::BootEnv;
+use crate::check::{self, Plan, Report, Request};
+use crate::error::{Code, Error, Result};
+use crate::lock::UpdateLock;
+use crate::ostree;
+use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
+
+/// Run `install`; the report says what was found, the result what was done.
+pub fn install(req: &Request) -> (Report, Result<Code>) {
+    let (mut report, plan) = check::evaluate(req);
+    let result = plan.and_then(|plan| apply(plan, &mut report));
+    if let Err(e) = &result {
+        report.error = Some(e.one_line());
+        report.exit_code = e.code().as_u8();
+    }
+    (report, result)
+}
+
+fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
+    let _lock = UpdateLock::try_acquire(&plan.policy.agent.lock_file)?;
+    let dir = plan.config.state_dir();
+    // Re-read under the lock: another updater may have finished in between.
+    let mut state = State::load(&dir)?;
+    if let Some(p) = &state.pending {
+        return Err(Error::new(
+            Code::Busy,
+            format!(
+                "an installation of {} is pending: reboot and run `usb-update run` first",
+                p.target.name
+            ),
+        ));
+    }
+    if plan.code == Code::Ok {
+        return Ok(Code::Ok);
+    }
+    if plan.code != Code::NeedsReboot {
+        return Err(Error::new(
+            Code::Internal,
+            "apps-only updates are not supported by this build yet",
+        ));
+    }
+    let pacman = &plan.config.pacman;
+    let bootenv = BootEnv::from_config(&plan.config)?;
+    if bootenv.boot_firmware_pending()? {
+        return Err(Error::new(
+            Code::BootFirmware,
+            "a boot firmware update is waiting for a reboot: reboot, then install again",
+        ));
+    }
+    let target = &plan.target;
+    let running = report.running.clone();
+    let rollback_deployment = ostree::booted(pacman)?.map(|d| d.csum);
+
+    let repo = plan.bundle.path().join("ostree_repo");
+    let stats = ostree::pull_from_bundle(pacman, &repo, &target.ostree, &mut |p| {
+        tracing::info!(
+            objects = p.objects_done,
+            of = p.objects_total,
+            "pulling {}: {}%",
+            target.name,
+            p.percent()
+        );
+    })?;
+    tracing::info!(?stats, "pulled {}", target.ostree);
+    bootenv.update_notify()?;
+    let deployment = match ostree::deployments(pacman)?.into_iter().next() {
+        // A crash after the deployment and before the pending record: reuse it.
+        Some(d) if d.csum == target.ostree && rollback_deployment.as_deref() != Some(&d.csum) => d,
+        _ => ostree::deploy(pacman, &target.ostree)?,
+    };
+    bootenv.check_boot_firmware(&deployment.path)?;
+
+    state.pending = Some(Pending {
+        target: InstalledTarget {
+            name: target.name.clone(),
+            version: target.version,
+            sha256: target.ostree.clone(),
+            apps: target.apps.clone(),
+        },
+        phase: Phase::Deployed,
+        boot_id: ostree::boot_id(pacman)?,
+        previous: running,
+        rollback_deployment,
+        needs_reboot: true,
+        installed_at: crate::tuf::now_utc(),
+    });
+    let msg = format!("{} deployed: reboot, then run", target.name);
+    state.record("install", &target.name, Code::NeedsReboot.as_u8(), &msg);
+    state.save(&dir)?;
+    let tuf = State::tuf_dir(&dir);
+    for (name, bytes) in &plan.verified.to_store {
+        write_atomic(&tuf.join(name), bytes)?;
+    }
+    nix::unistd::sync();
+    report.decision = Some(msg);
+    Ok(Code::NeedsReboot)
+}
