@@ -79,10 +79,13 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     if state.current.is_none() {
         state.current = pending.previous.clone();
     }
-    let code = if pending.previous.is_some() {
-        Code::RolledBack
-    } else {
+    // Apps are restored from the record of what ran at install time; without it (only on
+    // a compose device) the rollback is only half known.
+    let compose = cfg.pacman.kind == crate::config::PackageManager::OstreeComposeApps;
+    let code = if pending.previous.is_none() && compose {
         Code::RollbackAppsUnknown
+    } else {
+        Code::RolledBack
     };
     state.record("run", &name, code.as_u8(), &reason);
     state.save(&dir)?;
