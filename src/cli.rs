@@ -34,21 +34,40 @@ pub struct Sources {
     pub policy: Vec<PathBuf>,
 }
 
+/// What `check` and `install` take besides the sources.
+#[derive(Debug, Clone, Args)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// The bundle: the directory holding tuf/, ostree_repo/, apps/.
+    #[arg(short = 's', long, value_name = "DIR")]
+    pub src_dir: PathBuf,
+    /// Install this target (a TUF target name) instead of the highest version.
+    #[arg(short = 't', long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Allow a downgrade.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+impl From<BundleArgs> for check::Request {
+    fn from(b: BundleArgs) -> Self {
+        check::Request {
+            config: b.sources.config,
+            policy: b.sources.policy,
+            src_dir: b.src_dir,
+            target: b.target,
+            force: b.force,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Verify a bundle and say what `install` would do; changes nothing.
     Check {
         #[command(flatten)]
-        sources: Sources,
-        /// The bundle: the directory holding tuf/, ostree_repo/, apps/.
-        #[arg(short = 's', long, value_name = "DIR")]
-        src_dir: PathBuf,
-        /// Install this target (a TUF target name) instead of the highest version.
-        #[arg(short = 't', long, value_name = "NAME")]
-        target: Option<String>,
-        /// Allow a downgrade.
-        #[arg(short = 'f', long)]
-        force: bool,
+        bundle: BundleArgs,
         /// One JSON object instead of lines.
         #[arg(long)]
         json: bool,
@@ -56,16 +75,7 @@ pub enum Command {
     /// Verify a bundle and install its target: 100 reboot then run, 0 nothing to do.
     Install {
         #[command(flatten)]
-        sources: Sources,
-        /// The bundle: the directory holding tuf/, ostree_repo/, apps/.
-        #[arg(short = 's', long, value_name = "DIR")]
-        src_dir: PathBuf,
-        /// Install this target (a TUF target name) instead of the highest version.
-        #[arg(short = 't', long, value_name = "NAME")]
-        target: Option<String>,
-        /// Allow a downgrade.
-        #[arg(short = 'f', long)]
-        force: bool,
+        bundle: BundleArgs,
         /// One JSON object instead of lines.
         #[arg(long)]
         json: bool,
@@ -113,38 +123,8 @@ pub fn main() -> ExitCode {
         Cli::parse()
     };
     let code = match cli.command {
-        Command::Check {
-            sources,
-            src_dir,
-            target,
-            force,
-            json,
-        } => {
-            let req = check::Request {
-                config: sources.config,
-                policy: sources.policy,
-                src_dir,
-                target,
-                force,
-            };
-            run_check(&req, json)
-        }
-        Command::Install {
-            sources,
-            src_dir,
-            target,
-            force,
-            json,
-        } => {
-            let req = check::Request {
-                config: sources.config,
-                policy: sources.policy,
-                src_dir,
-                target,
-                force,
-            };
-            run_install(&req, json)
-        }
+        Command::Check { bundle, json } => run_check(&bundle.into(), json),
+        Command::Install { bundle, json } => run_install(&bundle.into(), json),
         Command::Run { sources, json } => run_run(&sources, json),
         Command::Current { sources, json } => run_current(&sources, json),
     };
