@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::bootloader::BootEnv;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
+use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::policy::Policy;
@@ -23,13 +24,14 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     let _lock = UpdateLock::try_acquire(&policy.agent.lock_file)?;
     let dir = cfg.state_dir();
     let mut state = State::load(&dir)?;
+    let pacman = &cfg.pacman;
     let Some(pending) = state.pending.clone() else {
+        drop_failed_default(pacman, &state)?;
         return Err(Error::new(
             Code::NothingPending,
             "no installation is pending",
         ));
     };
-    let pacman = &cfg.pacman;
     if pending.needs_reboot && ostree::boot_id(pacman)? == pending.boot_id {
         return Err(Error::new(
             Code::RunBeforeReboot,
@@ -60,6 +62,7 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
         };
         state.record("run", &name, code.as_u8(), &message);
         state.save(&dir)?;
+        failpoint::hit("run-recorded");
         ostree::cleanup(pacman)?;
         return Ok(Outcome { code, message });
     }
@@ -89,10 +92,28 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     };
     state.record("run", &name, code.as_u8(), &reason);
     state.save(&dir)?;
+    failpoint::hit("run-rollback-recorded");
     ostree::remove_deployment(pacman, &pending.target.sha256)?;
     bootenv.set_boot_ok()?;
     Ok(Outcome {
         code,
         message: reason,
     })
+}
+
+/// A crash between recording a rollback and removing the failed deployment leaves that
+/// deployment as the default: the next boot would try it again. Finish the removal.
+fn drop_failed_default(pacman: &crate::config::Pacman, state: &State) -> Result<()> {
+    let booted = ostree::booted(pacman)?.map(|d| d.csum);
+    if let Some(default) = ostree::deployments(pacman)?.into_iter().next() {
+        let failed = state.failed.iter().any(|f| f.sha256 == default.csum);
+        if failed && booted.as_deref() != Some(default.csum.as_str()) {
+            tracing::warn!(
+                "removing the failed deployment {} left by an interrupted run",
+                default.csum
+            );
+            ostree::remove_deployment(pacman, &default.csum)?;
+        }
+    }
+    Ok(())
 }

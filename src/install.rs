@@ -8,6 +8,7 @@
 use crate::bootloader::BootEnv;
 use crate::check::{self, Plan, Report, Request};
 use crate::error::{Code, Error, Result};
+use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
@@ -69,13 +70,22 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
         );
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
+    failpoint::hit("install-pulled");
     bootenv.update_notify()?;
     let deployment = match ostree::deployments(pacman)?.into_iter().next() {
         // A crash after the deployment and before the pending record: reuse it.
         Some(d) if d.csum == target.ostree && rollback_deployment.as_deref() != Some(&d.csum) => d,
         _ => ostree::deploy(pacman, &target.ostree)?,
     };
+    failpoint::hit("install-deployed");
     bootenv.check_boot_firmware(&deployment.path)?;
+    // The deployment is in place: the metadata that vouched for it is trusted from now on
+    // (before the pending record, so that a re-run after a crash here compares equal).
+    let tuf = State::tuf_dir(&dir);
+    for (name, bytes) in &plan.verified.to_store {
+        write_atomic(&tuf.join(name), bytes)?;
+    }
+    failpoint::hit("install-tuf-stored");
 
     state.pending = Some(Pending {
         target: InstalledTarget {
@@ -94,10 +104,7 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     let msg = format!("{} deployed: reboot, then run", target.name);
     state.record("install", &target.name, Code::NeedsReboot.as_u8(), &msg);
     state.save(&dir)?;
-    let tuf = State::tuf_dir(&dir);
-    for (name, bytes) in &plan.verified.to_store {
-        write_atomic(&tuf.join(name), bytes)?;
-    }
+    failpoint::hit("install-recorded");
     nix::unistd::sync();
     report.decision = Some(msg);
     Ok(Code::NeedsReboot)

@@ -17,6 +17,7 @@
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
+//! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
 pub mod bootloader;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod current;
 pub mod device;
 pub mod error;
+pub mod failpoint;
 pub mod finalize;
 pub mod gen;
 pub mod install;

@@ -5,65 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{Device, DeviceSpec, Unchanged, HWID};
-use usb_update::gen::{
-    self, ostree as gost, write_bundle, write_content, BundleSpec, BundleTargets, Factory,
-    TargetSpec,
-};
+use common::scene::{deployments, scene, state};
+use common::{Unchanged, HWID};
+use usb_update::gen::{ostree as gost, TargetSpec};
 use usb_update::ostree::testsys::TestSysroot;
-
-/// A device that runs version `running` (deployed from a factory repo of its own) and a
-/// bundle whose targets are `all` (content in the bundle) listing `offered`.
-struct Scene {
-    d: Device,
-    b: tempfile::TempDir,
-    commits: std::collections::BTreeMap<String, String>,
-}
-
-fn scene(running: &str, all: &[&str], offered: &[&str], extra: Option<TargetSpec>) -> Scene {
-    let f = Factory::new().unwrap();
-    let d = Device::with(
-        &f,
-        DeviceSpec {
-            rollback_mode: "file",
-            ..Default::default()
-        },
-    );
-    let image = tempfile::tempdir().unwrap();
-    let c0 = write_content(image.path(), &f.name, HWID, running, &[]).unwrap();
-    d.deploy_initial(&image.path().join("ostree_repo"), &c0.commit);
-    let b = tempfile::tempdir().unwrap();
-    let mut commits = std::collections::BTreeMap::new();
-    commits.insert(running.to_string(), c0.commit.clone());
-    let mut targets = vec![gen::target_for(HWID, running, &c0)];
-    for v in all.iter().filter(|v| **v != running) {
-        let c = write_content(b.path(), &f.name, HWID, v, &[]).unwrap();
-        commits.insert(v.to_string(), c.commit.clone());
-        targets.push(gen::target_for(HWID, v, &c));
-    }
-    if let Some(t) = extra {
-        commits.insert(t.version.clone(), t.commit.clone());
-        targets.push(t);
-    }
-    let mut spec = BundleSpec::new(targets);
-    spec.bundle_targets =
-        BundleTargets::Only(offered.iter().map(|v| format!("{HWID}-lmp-{v}")).collect());
-    write_bundle(&f, &spec, b.path()).unwrap();
-    Scene { d, b, commits }
-}
-
-fn deployments(d: &Device) -> Vec<String> {
-    let cfg = usb_update::config::Config::load(std::slice::from_ref(&d.conf)).unwrap();
-    usb_update::ostree::deployments(&cfg.pacman)
-        .unwrap()
-        .into_iter()
-        .map(|x| x.csum)
-        .collect()
-}
-
-fn state(d: &Device) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(d.state_dir().join("state.json")).unwrap()).unwrap()
-}
 
 #[track_caller]
 fn code(r: &common::Run, want: i32) {
@@ -289,6 +234,7 @@ fn aklite_offline_personality_gives_the_same_codes() {
             .arg("-p")
             .arg(&s.d.policy)
             .args(["--log-level", "2"])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .code()

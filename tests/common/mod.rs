@@ -3,6 +3,8 @@
 //! and fingerprints of whole trees to show that nothing changed.
 #![allow(dead_code)]
 
+pub mod scene;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -136,7 +138,13 @@ impl Device {
 
     /// `usb-update <cmd> -c <conf> -p <policy> <args>`.
     pub fn command(&self, cmd: &str, args: &[&str]) -> Run {
+        self.command_env(cmd, args, &[])
+    }
+
+    /// [`Device::command`] with extra environment variables.
+    pub fn command_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .envs(env.iter().copied())
             .arg(cmd)
             .arg("-c")
             .arg(&self.conf)
