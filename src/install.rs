@@ -101,7 +101,17 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
         needs_reboot: true,
         installed_at: crate::tuf::now_utc(),
     });
-    let msg = format!("{} deployed: reboot, then run", target.name);
+    let pulled = if stats.skipped {
+        "commit already present".to_string()
+    } else {
+        format!(
+            "{} objects, {:.1} MB pulled in {:.1} s",
+            stats.objects,
+            stats.bytes as f64 / 1e6,
+            stats.seconds
+        )
+    };
+    let msg = format!("{} deployed ({pulled}): reboot, then run", target.name);
     state.record("install", &target.name, Code::NeedsReboot.as_u8(), &msg);
     state.save(&dir)?;
     failpoint::hit("install-recorded");

@@ -22,6 +22,11 @@ fn ostree_update_install_reboot_run() {
     let r = s.d.run("install", s.b.path(), &[]);
     code(&r, 100);
     assert!(r.stdout.contains("install returned 100"), "{}", r.stdout);
+    let policy = r.line("policy: ").unwrap();
+    assert!(
+        policy.contains(" objects, ") && policy.ends_with("reboot, then run"),
+        "{policy}"
+    );
     assert_eq!(deployments(&s.d), vec![v2.clone(), v1.clone()]);
     assert_eq!(
         state(&s.d)["pending"]["target"]["name"],
