@@ -24,7 +24,7 @@ fn install_interrupted_at_each_point_converges() {
         ("install-pulled", 100),
         ("install-deployed", 100),
         ("install-tuf-stored", 100),
-        // Everything was done but the final sync: the pending record is there.
+        // Everything was done: the pending record is there.
         ("install-recorded", 30),
     ] {
         let s = scene("1", &["1", "2"], &["2"], None);
