@@ -41,10 +41,21 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     if plan.code == Code::Ok {
         return Ok(Code::Ok);
     }
-    if plan.code != Code::NeedsReboot {
+    // Refuse rather than half-install: a target whose apps this build cannot load yet
+    // must not leave the device on a new rootfs without them.
+    if plan.code != Code::NeedsReboot || !plan.target.apps.is_empty() {
         return Err(Error::new(
             Code::Internal,
-            "apps-only updates are not supported by this build yet",
+            format!(
+                "{} has Compose apps ({}); this build installs the rootfs only: nothing changed",
+                plan.target.name,
+                plan.target
+                    .apps
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     let pacman = &plan.config.pacman;
