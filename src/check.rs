@@ -66,7 +66,6 @@ pub struct Plan {
     pub bundle: Bundle,
     pub config: Config,
     pub policy: Policy,
-    pub state: State,
 }
 
 /// Run every check; the report is filled as far as the checks got.
@@ -153,7 +152,6 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         bundle,
         config,
         policy,
-        state,
     })
 }
 
