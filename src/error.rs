@@ -22,6 +22,8 @@ pub enum Code {
     Busy = 30,
     NothingPending = 40,
     Copy = 50,
+    /// The Docker engine cannot be reached (not running, socket missing): nothing changed.
+    DockerUnavailable = 52,
     NoSpace = 60,
     BootFirmware = 90,
     RolledBack = 99,
@@ -108,4 +110,6 @@ ctor! {
     target_not_found => TargetNotFound,
     downgrade => Downgrade,
     policy => PolicyRefused,
+    copy => Copy,
+    docker_unavailable => DockerUnavailable,
 }

@@ -13,6 +13,7 @@
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
 //! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
+//! - [`apps`]: Compose apps: the app store, images into Docker, projects, health, rollback;
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
@@ -20,6 +21,7 @@
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
+pub mod apps;
 pub mod bootloader;
 pub mod bundle;
 pub mod check;
