@@ -130,7 +130,14 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let chosen = chosen?;
     report.selected = Some(chosen.clone());
 
-    let running = running_target(&state, booted.as_deref(), &verified, &device.hwid);
+    let mut running = running_target(&state, booted.as_deref(), &verified, &device.hwid);
+    if state.current.is_none() {
+        // Known by its commit only: whether its apps run is not known, so they are synced
+        // (aktualizr-lite's "Syncing Active Target Apps") rather than assumed in place.
+        if let Some(r) = running.as_mut() {
+            r.apps.clear();
+        }
+    }
     report.running = running.clone();
     let bundle_tag = verified.bundle.as_ref().map(|b| b.index.tag.as_str());
     let (code, why) = decide(&Decide {

@@ -16,6 +16,8 @@ pub struct Current {
     pub ostree: Option<String>,
     /// Every app of the target, and whether this device runs it (`[pacman] compose_apps`).
     pub apps: Vec<AppLine>,
+    /// The last result of `install` or `run`, so a rollback is visible here too.
+    pub last: Option<crate::state::HistoryEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +46,7 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
     let hwid = &cfg.provision.primary_ecu_hardware_id;
     let running = running_target_from(&state, booted.as_deref(), &targets, hwid);
     let compose = cfg.pacman.kind == PackageManager::OstreeComposeApps;
+    let last = state.history.last().cloned();
     Ok(match running {
         Some(r) => Current {
             apps: r
@@ -63,12 +66,14 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
             name: r.name,
             version: r.version,
             ostree: Some(r.sha256),
+            last,
         },
         None => Current {
             name: "unknown".into(),
             version: None,
             ostree: None,
             apps: Vec::new(),
+            last,
         },
     })
 }
@@ -86,6 +91,12 @@ pub fn human_lines(c: &Current) -> Vec<String> {
             a.name,
             if a.on { "on" } else { "off" },
             a.uri
+        ));
+    }
+    if let Some(h) = &c.last {
+        out.push(format!(
+            "last: {} {} returned {} at {}: {}",
+            h.command, h.target, h.code, h.at, h.message
         ));
     }
     out

@@ -1,21 +1,35 @@
-//! `usb-update run`: finish the installation that `install` left pending, once the device
-//! has rebooted: commit to the new rootfs, or record the bootloader's rollback.
+//! `usb-update run`: finish the installation that `install` left pending: after the reboot
+//! (or at once for apps only), start the target's apps and commit to it, or roll back.
+//!
+//! Outcomes (README "exit codes"): 0 updated (or, after a rollback reboot, rolled back);
+//! 90 updated, boot firmware too; 99 the previous rootfs or apps are back; 100 apps failed on
+//! the new rootfs, the previous deployment is default again: reboot, then run; 110 the
+//! bootloader rolled back but the previous apps are unknown; 120 nothing could be restored.
+//! An engine that cannot be reached (52) decides nothing: the work stays pending.
 
 use std::path::PathBuf;
 
+use crate::apps::{self, previous};
 use crate::bootloader::BootEnv;
-use crate::config::Config;
+use crate::config::{Config, PackageManager};
 use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::policy::Policy;
-use crate::state::{FailedTarget, State};
+use crate::state::{FailedTarget, InstalledTarget, Pending, Phase, State};
 
 /// The outcome of `run`: the exit code and the one-line message.
 pub struct Outcome {
     pub code: Code,
     pub message: String,
+}
+
+struct Ctx {
+    cfg: Config,
+    policy: Policy,
+    dir: PathBuf,
+    compose: bool,
 }
 
 pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
@@ -33,72 +47,259 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
         ));
     };
     if pending.needs_reboot && ostree::boot_id(pacman)? == pending.boot_id {
+        let what = match pending.phase {
+            Phase::RollingBack => format!("the rollback to {}", pending.target.name),
+            _ => pending.target.name.clone(),
+        };
         return Err(Error::new(
             Code::RunBeforeReboot,
-            format!(
-                "{} is installed but the device has not rebooted yet: reboot, then run",
-                pending.target.name
-            ),
+            format!("{what} is installed but the device has not rebooted yet: reboot, then run"),
         ));
     }
-    let bootenv = BootEnv::from_config(&cfg)?;
-    let booted = ostree::booted(pacman)?.map(|d| d.csum);
-    let name = pending.target.name.clone();
-    if booted.as_deref() == Some(pending.target.sha256.as_str()) {
-        state.previous = state.current.take().or(pending.previous.clone());
-        state.current = Some(pending.target.clone());
-        state.pending = None;
-        bootenv.set_boot_ok()?;
-        let code = if bootenv.boot_firmware_pending()? {
-            Code::BootFirmware
-        } else {
-            Code::Ok
-        };
-        let message = match code {
-            Code::BootFirmware => {
-                format!("updated to {name}; a boot firmware update completes at the next reboot")
-            }
-            _ => format!("updated to {name}"),
-        };
-        state.record("run", &name, code.as_u8(), &message);
-        state.save(&dir)?;
-        failpoint::hit("run-recorded");
-        ostree::cleanup(pacman)?;
-        return Ok(Outcome { code, message });
-    }
-    // The bootloader booted something else: the new rootfs did not come up.
-    let reason = format!(
-        "the device booted {} instead of {name}: bootloader rollback",
-        booted.as_deref().unwrap_or("an unknown deployment")
-    );
-    if !state.failed.iter().any(|f| f.name == name) {
+    let compose = pacman.kind == PackageManager::OstreeComposeApps;
+    let ctx = Ctx {
+        cfg,
+        policy,
+        dir,
+        compose,
+    };
+    let booted = ostree::booted(&ctx.cfg.pacman)?.map(|d| d.csum);
+    let on_target = booted.as_deref() == Some(pending.target.sha256.as_str());
+    let outcome = match (pending.phase, on_target) {
+        (Phase::RollingBack, true) => finish_rollback(&ctx, &mut state, &pending)?,
+        (Phase::RollingBack, false) => {
+            let msg = format!(
+                "the rollback to {} booted {} instead: nothing more can be restored",
+                pending.target.name,
+                booted.as_deref().unwrap_or("an unknown deployment")
+            );
+            conclude(
+                &ctx,
+                &mut state,
+                &pending.target.name,
+                Code::RollbackImpossible,
+                msg,
+            )?
+        }
+        (_, true) => commit(&ctx, &mut state, &pending)?,
+        (_, false) => bootloader_rollback(&ctx, &mut state, &pending, booted.as_deref())?,
+    };
+    Ok(outcome)
+}
+
+/// Clear the pending work, record the result, save.
+fn conclude(
+    ctx: &Ctx,
+    state: &mut State,
+    target: &str,
+    code: Code,
+    message: String,
+) -> Result<Outcome> {
+    state.pending = None;
+    state.record("run", target, code.as_u8(), &message);
+    state.save(&ctx.dir)?;
+    Ok(Outcome { code, message })
+}
+
+fn deny(state: &mut State, target: &InstalledTarget, reason: &str) {
+    if !state.failed.iter().any(|f| f.name == target.name) {
         state.failed.push(FailedTarget {
-            name: name.clone(),
-            sha256: pending.target.sha256.clone(),
-            reason: "bootloader rollback".into(),
+            name: target.name.clone(),
+            sha256: target.sha256.clone(),
+            reason: reason.to_string(),
         });
     }
-    state.pending = None;
+}
+
+/// Booted on the target: start its apps; up means committed, down means roll back.
+fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
+    let name = pending.target.name.clone();
+    if ctx.compose {
+        let verdict = apps::start(&ctx.cfg, &ctx.policy.apps, &pending.target.apps)?;
+        if let Err(reason) = verdict {
+            return apps_failed(ctx, state, pending, &reason);
+        }
+    }
+    let bootenv = BootEnv::from_config(&ctx.cfg)?;
+    state.previous = state.current.take().or(pending.previous.clone());
+    state.current = Some(pending.target.clone());
+    bootenv.set_boot_ok()?;
+    let (code, message) = if bootenv.boot_firmware_pending()? {
+        (
+            Code::BootFirmware,
+            format!("updated to {name}; a boot firmware update completes at the next reboot"),
+        )
+    } else {
+        (Code::Ok, format!("updated to {name}"))
+    };
+    let out = conclude(ctx, state, &name, code, message)?;
+    failpoint::hit("run-recorded");
+    ostree::cleanup(&ctx.cfg.pacman)?;
+    if ctx.compose && ctx.policy.apps.prune {
+        let record = previous::load(&ctx.dir).ok();
+        // The update is done; a failed cleanup only costs space and is retried next time.
+        if let Err(e) = apps::prune(&ctx.cfg, &pending.target.apps, record.as_ref()) {
+            tracing::warn!("pruning after the update to {name}: {}", e.one_line());
+        }
+    }
+    Ok(out)
+}
+
+/// The target's apps did not come up on the device.
+fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) -> Result<Outcome> {
+    let target = &pending.target;
+    deny(state, target, &format!("apps failed: {reason}"));
+    let record = match previous::load(&ctx.dir) {
+        Ok(r) => r,
+        Err(why) => {
+            // Nothing to go back to: the device stays on the target, as it is.
+            state.current = Some(target.clone());
+            let msg = format!(
+                "apps of {} failed ({reason}); the previous apps are unknown ({why}): nothing restored",
+                target.name
+            );
+            return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
+        }
+    };
+    let restored = apps::restore(&ctx.cfg, &ctx.policy.apps, &record)?;
+    let previous = previous_target(pending);
+    if !pending.needs_reboot {
+        return Ok(match restored {
+            Ok(()) => {
+                let msg = format!(
+                    "apps of {} failed ({reason}): the previous apps of {} are running again",
+                    target.name, previous.name
+                );
+                conclude(ctx, state, &target.name, Code::RolledBack, msg)?
+            }
+            Err(why) => {
+                let msg = format!(
+                    "apps of {} failed ({reason}) and the previous apps did not come back ({why})",
+                    target.name
+                );
+                conclude(ctx, state, &target.name, Code::RollbackImpossible, msg)?
+            }
+        });
+    }
+    if let Err(why) = &restored {
+        tracing::warn!("previous apps on the new rootfs: {why}; retried after the reboot");
+    }
+    let Some(rollback) = pending.rollback_deployment.clone() else {
+        state.current = Some(target.clone());
+        let msg = format!(
+            "apps of {} failed ({reason}); the previous deployment is unknown: nothing restored",
+            target.name
+        );
+        return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
+    };
+    ostree::make_default(&ctx.cfg.pacman, &rollback)?;
+    let msg = format!(
+        "apps of {} failed ({reason}): rollback to {} deployed: reboot, then run",
+        target.name, previous.name
+    );
+    state.pending = Some(Pending {
+        target: previous,
+        phase: Phase::RollingBack,
+        boot_id: ostree::boot_id(&ctx.cfg.pacman)?,
+        previous: None,
+        rollback_deployment: None,
+        needs_reboot: true,
+        installed_at: crate::tuf::now_utc(),
+        failed_target: Some(target.clone()),
+    });
+    state.record("run", &target.name, Code::NeedsReboot.as_u8(), &msg);
+    state.save(&ctx.dir)?;
+    failpoint::hit("run-rollback-recorded");
+    Ok(Outcome {
+        code: Code::NeedsReboot,
+        message: msg,
+    })
+}
+
+/// What a rollback returns to: the target recorded at install, or the deployment that was
+/// booted then, by commit.
+fn previous_target(pending: &Pending) -> InstalledTarget {
+    pending.previous.clone().unwrap_or_else(|| InstalledTarget {
+        name: "Initial Target".into(),
+        version: None,
+        sha256: pending
+            .rollback_deployment
+            .clone()
+            .unwrap_or_else(|| pending.target.sha256.clone()),
+        apps: Default::default(),
+    })
+}
+
+/// Back on the previous rootfs after an apps failure: its apps up again completes it.
+fn finish_rollback(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
+    let failed = pending
+        .failed_target
+        .as_ref()
+        .map_or("the failed target".to_string(), |t| t.name.clone());
+    let verdict = if ctx.compose {
+        match previous::load(&ctx.dir) {
+            Ok(record) => apps::restore(&ctx.cfg, &ctx.policy.apps, &record)?,
+            Err(why) => Err(format!("the previous apps are unknown ({why})")),
+        }
+    } else {
+        Ok(())
+    };
+    if let Some(t) = &pending.failed_target {
+        ostree::remove_deployment(&ctx.cfg.pacman, &t.sha256)?;
+    }
+    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
+    state.current = Some(pending.target.clone());
+    let name = pending.target.name.clone();
+    match verdict {
+        Ok(()) => {
+            let msg = format!("rolled back to {name} after {failed} failed");
+            conclude(ctx, state, &failed, Code::Ok, msg)
+        }
+        Err(why) => {
+            let msg = format!("rolled back to {name}'s rootfs after {failed} failed, but its apps did not come back: {why}");
+            conclude(ctx, state, &failed, Code::RollbackImpossible, msg)
+        }
+    }
+}
+
+/// The bootloader booted something else: the new rootfs did not come up.
+fn bootloader_rollback(
+    ctx: &Ctx,
+    state: &mut State,
+    pending: &Pending,
+    booted: Option<&str>,
+) -> Result<Outcome> {
+    let name = pending.target.name.clone();
+    let mut reason = format!(
+        "the device booted {} instead of {name}: bootloader rollback",
+        booted.unwrap_or("an unknown deployment")
+    );
+    deny(state, &pending.target, "bootloader rollback");
     if state.current.is_none() {
         state.current = pending.previous.clone();
     }
-    // Apps are restored from the record of what ran at install time; without it (only on
-    // a compose device) the rollback is only half known.
-    let compose = cfg.pacman.kind == crate::config::PackageManager::OstreeComposeApps;
-    let code = if pending.previous.is_none() && compose {
-        Code::RollbackAppsUnknown
-    } else {
+    let code = if !ctx.compose {
         Code::RolledBack
+    } else {
+        match previous::load(&ctx.dir) {
+            Err(why) => {
+                reason.push_str(&format!("; the previous apps are unknown ({why})"));
+                Code::RollbackAppsUnknown
+            }
+            Ok(record) => match apps::restore(&ctx.cfg, &ctx.policy.apps, &record)? {
+                Ok(()) => Code::RolledBack,
+                Err(why) => {
+                    reason.push_str(&format!("; the previous apps did not come back: {why}"));
+                    Code::RollbackImpossible
+                }
+            },
+        }
     };
-    state.record("run", &name, code.as_u8(), &reason);
-    state.save(&dir)?;
+    let out = conclude(ctx, state, &name, code, reason)?;
     failpoint::hit("run-rollback-recorded");
-    ostree::remove_deployment(pacman, &pending.target.sha256)?;
-    bootenv.set_boot_ok()?;
-    Ok(Outcome {
-        code,
-        message: reason,
-    })
+    ostree::remove_deployment(&ctx.cfg.pacman, &pending.target.sha256)?;
+    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
+    Ok(out)
 }
 
 /// A crash between recording a rollback and removing the failed deployment leaves that

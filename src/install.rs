@@ -5,8 +5,10 @@
 //! repo has, the deployment of a commit already deployed as default is reused, and the
 //! pending record and the trusted metadata are written atomically, in that order, last.
 
+use crate::apps;
 use crate::bootloader::BootEnv;
 use crate::check::{self, Plan, Report, Request};
+use crate::config::PackageManager;
 use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
@@ -41,26 +43,10 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     if plan.code == Code::Ok {
         return Ok(Code::Ok);
     }
-    // Refuse rather than half-install: a target whose apps this build cannot load yet
-    // must not leave the device on a new rootfs without them.
-    if plan.code != Code::NeedsReboot || !plan.target.apps.is_empty() {
-        return Err(Error::new(
-            Code::Internal,
-            format!(
-                "{} has Compose apps ({}); this build installs the rootfs only: nothing changed",
-                plan.target.name,
-                plan.target
-                    .apps
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
     let pacman = &plan.config.pacman;
     let bootenv = BootEnv::from_config(&plan.config)?;
-    if bootenv.boot_firmware_pending()? {
+    // Only a new rootfs waits for the boot firmware: apps do not touch the bootloader.
+    if plan.code == Code::NeedsReboot && bootenv.boot_firmware_pending()? {
         return Err(Error::new(
             Code::BootFirmware,
             "a boot firmware update is waiting for a reboot: reboot, then install again",
@@ -69,6 +55,46 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     let target = &plan.target;
     let running = report.running.clone();
     let rollback_deployment = ostree::booted(pacman)?.map(|d| d.csum);
+    let compose = pacman.kind == PackageManager::OstreeComposeApps;
+    let apps_note = if compose {
+        let running_apps = running.as_ref().map(|r| r.apps.clone()).unwrap_or_default();
+        let prepared = apps::prepare(
+            &plan.config,
+            &plan.policy.apps,
+            &plan.bundle,
+            &target.apps,
+            &running_apps,
+            &|p| {
+                tracing::info!(
+                    done = p.done,
+                    of = p.total,
+                    "copying apps of {}: {}%",
+                    target.name,
+                    (p.done * 100).checked_div(p.total).unwrap_or(100)
+                )
+            },
+        )?;
+        format!(
+            "; {} app(s): {} blob(s), {:.1} MB copied, {} already present, {} image(s) loaded",
+            prepared.apps,
+            prepared.fetch.copied,
+            prepared.fetch.bytes as f64 / 1e6,
+            prepared.fetch.skipped,
+            prepared.images_loaded
+        )
+    } else {
+        String::new()
+    };
+    if plan.code == Code::AppsNeedRestart {
+        return record_apps_only(
+            plan,
+            &mut state,
+            running,
+            rollback_deployment,
+            &apps_note,
+            report,
+        );
+    }
 
     let repo = plan.bundle.path().join("ostree_repo");
     let stats = ostree::pull_from_bundle(pacman, &repo, &target.ostree, &mut |p| {
@@ -111,6 +137,7 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
         rollback_deployment,
         needs_reboot: true,
         installed_at: crate::tuf::now_utc(),
+        failed_target: None,
     });
     let pulled = if stats.skipped {
         "commit already present".to_string()
@@ -122,7 +149,10 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
             stats.seconds
         )
     };
-    let msg = format!("{} deployed ({pulled}): reboot, then run", target.name);
+    let msg = format!(
+        "{} deployed ({pulled}{apps_note}): reboot, then run",
+        target.name
+    );
     state.record("install", &target.name, Code::NeedsReboot.as_u8(), &msg);
     state.save(&dir)?;
     // No global sync(): the objects and the deployment were synced by libostree, and
@@ -130,4 +160,46 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     failpoint::hit("install-recorded");
     report.decision = Some(msg);
     Ok(Code::NeedsReboot)
+}
+
+/// Apps-only target: nothing to deploy; the pending record tells `run` to start the apps.
+fn record_apps_only(
+    plan: Plan,
+    state: &mut State,
+    running: Option<InstalledTarget>,
+    rollback_deployment: Option<String>,
+    apps_note: &str,
+    report: &mut Report,
+) -> Result<Code> {
+    let dir = plan.config.state_dir();
+    let target = &plan.target;
+    let tuf = State::tuf_dir(&dir);
+    for (name, bytes) in &plan.verified.to_store {
+        write_atomic(&tuf.join(name), bytes)?;
+    }
+    state.pending = Some(Pending {
+        target: InstalledTarget {
+            name: target.name.clone(),
+            version: target.version,
+            sha256: target.ostree.clone(),
+            apps: target.apps.clone(),
+        },
+        phase: Phase::Apps,
+        boot_id: ostree::boot_id(&plan.config.pacman)?,
+        previous: running,
+        rollback_deployment,
+        needs_reboot: false,
+        installed_at: crate::tuf::now_utc(),
+        failed_target: None,
+    });
+    let apps_note = apps_note.trim_start_matches("; ");
+    let msg = format!(
+        "{} apps installed ({apps_note}): restart Docker, then run",
+        target.name
+    );
+    state.record("install", &target.name, Code::AppsNeedRestart.as_u8(), &msg);
+    state.save(&dir)?;
+    failpoint::hit("install-recorded");
+    report.decision = Some(msg);
+    Ok(Code::AppsNeedRestart)
 }

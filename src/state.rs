@@ -51,6 +51,9 @@ pub struct Pending {
     /// The rootfs changed: `run` needs a reboot first.
     pub needs_reboot: bool,
     pub installed_at: String,
+    /// While rolling back: the target that failed and is being left.
+    #[serde(default)]
+    pub failed_target: Option<InstalledTarget>,
 }
 
 /// How far an installation got; each phase can be re-run after a power cut.
@@ -59,6 +62,11 @@ pub struct Pending {
 pub enum Phase {
     /// The new rootfs is deployed and default; waiting for the reboot.
     Deployed,
+    /// Same rootfs, new apps: blobs in the store, images loaded; `run` starts them.
+    Apps,
+    /// The new target's apps failed on its rootfs; the previous deployment is default
+    /// again and `run`, after the reboot, brings the previous apps back.
+    RollingBack,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -251,30 +251,3 @@ fn aklite_offline_personality_gives_the_same_codes() {
     assert_eq!(run(&["run"]), Some(0));
     assert_eq!(run(&["run"]), Some(40));
 }
-
-#[test]
-fn targets_with_apps_are_refused_until_apps_are_supported() {
-    let f = usb_update::gen::Factory::new().unwrap();
-    let d = common::Device::with(
-        &f,
-        common::DeviceSpec {
-            pacman_type: "ostree+compose_apps",
-            ..Default::default()
-        },
-    );
-    let b = tempfile::tempdir().unwrap();
-    let apps = [usb_update::gen::AppSpec::tiny(&f.name, "app-01", "a")];
-    let c = usb_update::gen::write_content(b.path(), &f.name, HWID, "2", &apps).unwrap();
-    let spec = usb_update::gen::BundleSpec::new(vec![usb_update::gen::target_for(HWID, "2", &c)]);
-    usb_update::gen::write_bundle(&f, &spec, b.path()).unwrap();
-    let before = Unchanged::new(&d, b.path());
-    let r = d.run("install", b.path(), &[]);
-    code(&r, 1);
-    assert!(
-        r.error()
-            .contains("has Compose apps (app-01); this build installs the rootfs only"),
-        "{}",
-        r.stdout
-    );
-    before.assert();
-}

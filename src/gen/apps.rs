@@ -13,6 +13,9 @@ use super::oci::{
     LayerEntry, OciDescriptor,
 };
 
+/// A service that becomes ready and runs until it is stopped.
+pub const RUN_FOREVER: &str = "trap 'exit 0' TERM; touch /tmp/ready; sleep 2147483647 & wait";
+
 /// Registry host of Foundries factories.
 pub const REGISTRY: &str = "hub.foundries.io";
 
@@ -27,6 +30,50 @@ pub struct AppSpec {
     pub name: String,
     pub compose: String,
     pub images: Vec<ImageSpec>,
+    /// An entry the compose archive carries beside the compose file, which no device
+    /// may write: to test the extraction rules.
+    pub hostile: Option<Hostile>,
+}
+
+/// A compose archive entry that escapes its project directory.
+#[derive(Clone, Debug)]
+pub enum Hostile {
+    /// A regular file at this raw path (`../x`, `/abs/x`).
+    File(String),
+    /// A symlink `name` -> `target`.
+    Symlink(String, String),
+}
+
+/// A `.tgz` with `docker-compose.yml` and the hostile entry, headers written raw (the tar
+/// crate refuses to write such names itself).
+pub fn hostile_archive(compose: &str, hostile: &Hostile) -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(compose.len() as u64);
+    h.set_mode(0o644);
+    h.set_path("docker-compose.yml")?;
+    h.set_cksum();
+    b.append(&h, compose.as_bytes())?;
+    let mut h = tar::Header::new_gnu();
+    let (name, data): (&str, &[u8]) = match hostile {
+        Hostile::File(path) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            (path, b"escaped\n")
+        }
+        Hostile::Symlink(name, target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_link_name(target)?;
+            (name, b"")
+        }
+    };
+    let raw = &mut h.as_old_mut().name;
+    anyhow::ensure!(name.len() < raw.len(), "hostile name too long");
+    raw[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, data)?;
+    gzip(&b.into_inner()?)
 }
 
 impl AppSpec {
@@ -36,7 +83,9 @@ impl AppSpec {
         let mut image = ImageSpec::busybox(
             &format!("{REGISTRY}/{factory}/{name}"),
             marker,
-            &["sh", "-c", "touch /tmp/ready && exec sleep 2147483647"],
+            // PID 1 gets no default signal handlers: without the trap a stop waits out
+            // the engine's 10 s grace period.
+            &["sh", "-c", RUN_FOREVER],
         );
         image.config.healthcheck = Some(super::oci::Healthcheck {
             test: vec!["CMD-SHELL".into(), "test -e /tmp/ready".into()],
@@ -50,7 +99,29 @@ impl AppSpec {
             name: name.into(),
             compose: default_compose(&images),
             images,
+            hostile: None,
         }
+    }
+
+    /// A busybox service that runs `script` (under `sh -c`) instead of becoming healthy:
+    /// `"exit 3"` exits at once; with `healthy = false` it runs but its healthcheck fails.
+    pub fn busybox_running(
+        factory: &str,
+        name: &str,
+        marker: &str,
+        script: &str,
+        healthy: bool,
+    ) -> AppSpec {
+        let mut app = AppSpec::busybox(factory, name, marker);
+        let image = &mut app.images[0];
+        image.config.cmd = vec!["sh".into(), "-c".into(), script.into()];
+        if !healthy {
+            if let Some(h) = image.config.healthcheck.as_mut() {
+                h.test = vec!["CMD-SHELL".into(), "exit 1".into()];
+                h.retries = 1;
+            }
+        }
+        app
     }
 
     /// One small image that cannot run: for tests that only move bytes around.
@@ -63,6 +134,7 @@ impl AppSpec {
             name: name.into(),
             compose: default_compose(&images),
             images,
+            hostile: None,
         }
     }
 }
@@ -139,6 +211,7 @@ pub fn write_app(
     factory: &str,
     compose_yaml: &str,
     images: &[ImageSpec],
+    hostile: Option<&Hostile>,
 ) -> anyhow::Result<AppInfo> {
     let ctx = || format!("writing app {name} into {}", store.display());
     let infos = images
@@ -148,11 +221,14 @@ pub fn write_app(
         .with_context(ctx)?;
     let compose = substitute(compose_yaml, &infos).with_context(ctx)?;
 
-    let archive = gzip(&deterministic_tar(&[LayerEntry::file(
-        "docker-compose.yml",
-        compose.as_bytes(),
-        0o644,
-    )])?)?;
+    let archive = match hostile {
+        Some(h) => hostile_archive(&compose, h)?,
+        None => gzip(&deterministic_tar(&[LayerEntry::file(
+            "docker-compose.yml",
+            compose.as_bytes(),
+            0o644,
+        )])?)?,
+    };
     let archive_digest = write_blob(store, &archive).with_context(ctx)?;
     // The "app bundle index": file -> digest, which composectl checks unpacked files against.
     let index: BTreeMap<&str, String> = BTreeMap::from([(
@@ -239,7 +315,14 @@ pub fn write_app(
 
 /// [`write_app`] from an [`AppSpec`].
 pub fn write_app_spec(store: &Path, factory: &str, app: &AppSpec) -> anyhow::Result<AppInfo> {
-    write_app(store, &app.name, factory, &app.compose, &app.images)
+    write_app(
+        store,
+        &app.name,
+        factory,
+        &app.compose,
+        &app.images,
+        app.hostile.as_ref(),
+    )
 }
 
 fn substitute(compose: &str, images: &[ImageInfo]) -> anyhow::Result<String> {

@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use self::apps::{default_compose, write_app, write_app_spec, AppInfo, AppSpec};
+pub use self::apps::{default_compose, write_app, write_app_spec, AppInfo, AppSpec, Hostile};
 pub use self::bundle::{
     simple_bundle, target_for, write_apps, write_bundle, write_content, Bundle, BundleSpec,
     BundleTargets, Content, RoleExpiries, RoleVersions,

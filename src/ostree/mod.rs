@@ -54,6 +54,9 @@ pub struct DeploymentInfo {
 }
 
 fn open_sysroot(path: &Path) -> anyhow::Result<ostree::Sysroot> {
+    // libostree g_print()s progress such as "Freed objects: 1.6 kB" after a cleanup; our
+    // stdout is the operator's one line per step (and --json), so it goes to the log.
+    ostree::glib::set_print_handler(|msg| tracing::info!("libostree: {}", msg.trim_end()));
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
     sysroot
         .load(gio::Cancellable::NONE)

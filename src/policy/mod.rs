@@ -18,12 +18,14 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `Policy::default()` is the safe policy of a device with no policy file at all.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Policy {
     pub update: UpdatePolicy,
     pub agent: AgentPolicy,
+    pub apps: AppsPolicy,
     /// The files applied, in order, so `check` and `status` can show where a rule came from.
     pub sources: Vec<PathBuf>,
 }
@@ -80,6 +82,45 @@ impl Default for AgentPolicy {
     }
 }
 
+/// The `[apps]` section: when started Compose apps count as up, and what is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppsPolicy {
+    /// How long `run` waits for every service to be running (and healthy, where the image
+    /// or compose file has a healthcheck) before it calls the update failed.
+    #[serde(with = "humantime_serde_secs")]
+    pub health_timeout: Duration,
+    /// How long every service must stay up, without a restart, to count as started: an
+    /// app that exits a second after it started is not up.
+    #[serde(with = "humantime_serde_secs")]
+    pub settle: Duration,
+    /// Blob copies from the stick that run at once (layers are big; sticks like a few
+    /// streams, not dozens).
+    pub parallel_copies: usize,
+    /// Remove images and store blobs that no app of the new target uses, after success.
+    pub prune: bool,
+}
+
+impl Default for AppsPolicy {
+    fn default() -> Self {
+        AppsPolicy {
+            health_timeout: Duration::from_secs(300),
+            settle: Duration::from_secs(10),
+            parallel_copies: 3,
+            prune: true,
+        }
+    }
+}
+
+/// Durations print as seconds in `--json` output.
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
 /// One policy file as written: `None` everywhere it says nothing, so it overrides only what
 /// it mentions.
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +128,26 @@ impl Default for AgentPolicy {
 struct Layer {
     update: Option<UpdateLayer>,
     agent: Option<AgentLayer>,
+    apps: Option<AppsLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppsLayer {
+    #[serde(default, deserialize_with = "duration")]
+    health_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    settle: Option<Duration>,
+    parallel_copies: Option<usize>,
+    prune: Option<bool>,
+}
+
+/// `"90s"`, `"5m"`, `"1m 30s"` (humantime).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +225,9 @@ impl Policy {
                 );
             }
         }
+        if policy.apps.parallel_copies == 0 {
+            bail!("policy: [apps] parallel_copies must be at least 1");
+        }
         Ok(policy)
     }
 
@@ -176,6 +240,9 @@ impl Policy {
         }
         if let Some(a) = layer.agent {
             merge!(self.agent, a; lock_file);
+        }
+        if let Some(a) = layer.apps {
+            merge!(self.apps, a; health_timeout, settle, parallel_copies, prune);
         }
     }
 }

@@ -3,6 +3,8 @@
 //! and fingerprints of whole trees to show that nothing changed.
 #![allow(dead_code)]
 
+pub mod apps;
+pub mod dockerd;
 pub mod scene;
 
 use std::collections::BTreeMap;

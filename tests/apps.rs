@@ -1,0 +1,501 @@
+//! Compose apps against a real (private) dockerd and docker-compose, with images built from
+//! scratch: install copies blobs and loads images, run starts the apps and checks them,
+//! failures roll back. The reboot and the bootloader are simulated as in `install_run.rs`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::apps::{app, AppScene, T};
+use common::scene::{deployments, state};
+use common::Unchanged;
+use usb_update::gen::{AppSpec, Hostile};
+
+#[track_caller]
+fn code(r: &common::Run, want: i32) {
+    assert_eq!(r.code, want, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+}
+
+/// project -> [(service, image id)] from (app, image id) pairs.
+fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|(a, id)| (a.to_string(), vec![(a.to_string(), id.to_string())]))
+        .collect()
+}
+
+fn blobs(s: &AppScene) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(s.store().join("blobs/sha256"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn rootfs_and_apps_update_then_next_update_replaces_and_prunes() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b2 = s.bundle(vec![T::new(
+        "2",
+        vec![app(&f, "app-01", "v2"), app(&f, "app-02", "v2")],
+    )]);
+    let r = s.install(b2.path());
+    code(&r, 100);
+    let policy = r.line("policy: ").unwrap_or_default();
+    assert!(policy.contains("2 app(s)"), "{policy}");
+    // Before the reboot: images loaded and blobs stored, nothing started.
+    let ids = s.image_ids();
+    assert!(ids.contains(&s.image_id("2", "app-01")), "{ids:?}");
+    assert!(ids.contains(&s.image_id("2", "app-02")), "{ids:?}");
+    assert!(s.running().is_empty());
+    let info = &s.written[&("2".to_string(), "app-01".to_string())];
+    let dir = s.store().join("apps/app-01").join(&info.manifest_digest);
+    assert_eq!(std::fs::read_to_string(dir.join("uri")).unwrap(), info.uri);
+    for blob in [&info.archive_digest, &info.images[0].config_digest] {
+        assert!(blobs(&s).contains(blob), "{blob} not in the store");
+    }
+
+    s.reboot_into("2", "boot-1");
+    let r = s.run();
+    code(&r, 0);
+    assert!(r.stdout.starts_with("updated to"), "{}", r.stdout);
+    assert_eq!(
+        s.running(),
+        expect(&[
+            ("app-01", &s.image_id("2", "app-01")),
+            ("app-02", &s.image_id("2", "app-02"))
+        ])
+    );
+    assert_eq!(state(&s.d)["current"]["apps"].as_object().unwrap().len(), 2);
+
+    // Next: new rootfs, app-01 changed, app-02 gone, app-03 new.
+    let b3 = s.bundle(vec![T::new(
+        "3",
+        vec![app(&f, "app-01", "v3"), app(&f, "app-03", "v3")],
+    )]);
+    code(&s.install(b3.path()), 100);
+    // The old apps keep running until the reboot.
+    assert_eq!(s.running().len(), 2);
+    s.reboot_into("3", "boot-2");
+    code(&s.run(), 0);
+    assert_eq!(
+        s.running(),
+        expect(&[
+            ("app-01", &s.image_id("3", "app-01")),
+            ("app-03", &s.image_id("3", "app-03"))
+        ])
+    );
+    assert!(!s.compose_root().join("app-02").exists());
+    let ids = s.image_ids();
+    for gone in [s.image_id("2", "app-01"), s.image_id("2", "app-02")] {
+        assert!(!ids.contains(&gone), "{gone} not pruned: {ids:?}");
+    }
+    assert!(!s.store().join("apps/app-02").exists());
+    let old = &s.written[&("2".to_string(), "app-02".to_string())];
+    assert!(!blobs(&s).contains(&old.archive_digest));
+}
+
+#[test]
+fn apps_only_update_with_and_without_docker_restart() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b2 = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    let r = s.install(b2.path());
+    code(&r, 101);
+    assert!(
+        r.stdout.contains("restart Docker, then run"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(deployments(&s.d).len(), 1, "nothing deployed");
+    s.docker.restart();
+    code(&s.run(), 0);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
+
+    // Without a Docker restart, run works as well.
+    let b3 = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3")]).on("1")]);
+    code(&s.install(b3.path()), 101);
+    code(&s.run(), 0);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("3", "app-01"))])
+    );
+    assert!(!s.image_ids().contains(&s.image_id("2", "app-01")));
+}
+
+/// Reference aklite-offline 9.1: which apps run after install + reboot + run.
+fn shortlist_case(compose_apps: Option<&str>, target: impl Fn(&AppScene) -> Vec<T>, want: &[&str]) {
+    let mut s = AppScene::new(compose_apps);
+    let targets = target(&s);
+    let b = s.bundle(targets);
+    code(&s.install(b.path()), 100);
+    let newest = state(&s.d)["pending"]["target"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.d.reboot_into(&newest, "boot-1");
+    code(&s.run(), 0);
+    let running: Vec<String> = s.running().keys().cloned().collect();
+    assert_eq!(running, want);
+}
+
+/// Removes app `name` from the bundle (its `apps/apps/<name>` directory).
+fn without(b: &std::path::Path, name: &str) {
+    std::fs::remove_dir_all(b.join("apps/apps").join(name)).unwrap();
+}
+
+#[test]
+fn shortlist_device_list_and_missing_app() {
+    // 10: target with 3 apps, app-03 missing from the bundle, device runs app-01, app-02.
+    let mut s = AppScene::new(Some("app-01, app-02"));
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new(
+        "2",
+        vec![
+            app(&f, "app-01", "a"),
+            app(&f, "app-02", "a"),
+            app(&f, "app-03", "a"),
+        ],
+    )]);
+    without(b.path(), "app-03");
+    code(&s.install(b.path()), 100);
+    s.reboot_into("2", "boot-1");
+    code(&s.run(), 0);
+    assert_eq!(s.running().keys().collect::<Vec<_>>(), ["app-01", "app-02"]);
+}
+
+#[test]
+fn shortlist_fetched_apps_rules() {
+    let three = |s: &AppScene| {
+        vec![
+            app(&s.f.name, "app-01", "a"),
+            app(&s.f.name, "app-02", "a"),
+            app(&s.f.name, "app-03", "a"),
+        ]
+    };
+    // 11: CI shortlist "", device shortlist app-01,app-02.
+    shortlist_case(
+        Some("app-01,app-02"),
+        |s| {
+            vec![T::new("2", three(s)).custom(
+                "fetched-apps",
+                serde_json::json!({"uri": "http://apps.tar", "shortlist": ""}),
+            )]
+        },
+        &["app-01", "app-02"],
+    );
+    // 12: CI shortlist "app-01,app-02", no device shortlist.
+    shortlist_case(
+        None,
+        |s| {
+            vec![T::new("2", three(s)).custom(
+                "fetched-apps",
+                serde_json::json!({"uri": "http://apps.tar", "shortlist": "app-01,app-02"}),
+            )]
+        },
+        &["app-01", "app-02"],
+    );
+    // 13: CI shortlist "foobar": the target runs no apps.
+    shortlist_case(
+        Some("app-01,app-02"),
+        |s| {
+            vec![T::new("2", three(s)).custom(
+                "fetched-apps",
+                serde_json::json!({"uri": "http://apps.tar", "shortlist": "foobar"}),
+            )]
+        },
+        &[],
+    );
+    // 14: fetched-apps without a URI: apps are off.
+    shortlist_case(
+        None,
+        |s| vec![T::new("2", three(s)).custom("fetched-apps", serde_json::json!({"uri": null}))],
+        &[],
+    );
+}
+
+#[test]
+fn shortlist_newest_complete_target_wins() {
+    // 9: three targets with different app sets: the newest is installed.
+    shortlist_case(
+        None,
+        |s| {
+            vec![
+                T::new("2", vec![app(&s.f.name, "app-01", "2")]),
+                T::new(
+                    "3",
+                    vec![app(&s.f.name, "app-01", "3"), app(&s.f.name, "app-02", "3")],
+                ),
+                T::new("4", vec![app(&s.f.name, "app-02", "4")]),
+            ]
+        },
+        &["app-02"],
+    );
+    // 8: the newest target's updated app is missing: the older one is installed.
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![
+        T::new("2", vec![app(&f, "app-01", "2")]),
+        T::new("3", vec![app(&f, "app-01", "3")]),
+    ]);
+    let newer = &s.written[&("3".to_string(), "app-01".to_string())];
+    std::fs::remove_dir_all(
+        b.path()
+            .join("apps/apps/app-01")
+            .join(&newer.manifest_digest),
+    )
+    .unwrap();
+    code(&s.install(b.path()), 100);
+    assert_eq!(state(&s.d)["pending"]["target"]["version"], 2);
+}
+
+/// A device that updated to version 2 with app-01 through us.
+fn on_version_2() -> AppScene {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    code(&s.install(b.path()), 100);
+    s.reboot_into("2", "boot-1");
+    code(&s.run(), 0);
+    s
+}
+
+fn failing_app(s: &AppScene, how: &str) -> AppSpec {
+    match how {
+        "exits" => AppSpec::busybox_running(&s.f.name, "app-02", "bad", "exit 3", true),
+        _ => AppSpec::busybox_running(
+            &s.f.name,
+            "app-02",
+            "bad",
+            usb_update::gen::apps::RUN_FOREVER,
+            false,
+        ),
+    }
+}
+
+fn rootfs_update_with_failing_app_rolls_back(how: &str, fragment: &str) {
+    let mut s = on_version_2();
+    let f = s.f.name.clone();
+    let bad = failing_app(&s, how);
+    let b = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3"), bad])]);
+    code(&s.install(b.path()), 100);
+    s.reboot_into("3", "boot-2");
+    let r = s.run();
+    code(&r, 100);
+    assert!(
+        fragment.split('|').any(|f| r.stdout.contains(f)),
+        "{fragment}: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("rollback to"), "{}", r.stdout);
+    assert_eq!(
+        deployments(&s.d)[0],
+        s.commits["2"],
+        "previous deployment is default"
+    );
+    let st = state(&s.d);
+    assert_eq!(st["failed"][0]["name"], "intel-corei7-64-lmp-3");
+    assert_eq!(st["pending"]["phase"], "rolling_back");
+
+    s.reboot_into("2", "boot-3");
+    let r = s.run();
+    code(&r, 0);
+    assert!(
+        r.stdout.starts_with("rolled back to intel-corei7-64-lmp-2"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
+    assert_eq!(deployments(&s.d), vec![s.commits["2"].clone()]);
+    let r = s.d.command("current", &[]);
+    assert!(
+        r.stdout.starts_with("current: intel-corei7-64-lmp-2"),
+        "{}",
+        r.stdout
+    );
+    // The same stick again: refused, the target failed here.
+    code(&s.install(b.path()), 103);
+}
+
+#[test]
+fn app_exiting_at_once_after_rootfs_update_rolls_back() {
+    // With `restart: unless-stopped` the engine may already have restarted it.
+    rootfs_update_with_failing_app_rolls_back("exits", "exited with code 3|keeps restarting");
+}
+
+#[test]
+fn unhealthy_app_after_rootfs_update_rolls_back() {
+    rootfs_update_with_failing_app_rolls_back("unhealthy", "is unhealthy");
+}
+
+#[test]
+fn apps_only_update_with_failing_app_restores_previous_apps() {
+    let mut s = on_version_2();
+    let f = s.f.name.clone();
+    let bad = failing_app(&s, "exits");
+    let b = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3"), bad]).on("2")]);
+    code(&s.install(b.path()), 101);
+    let r = s.run();
+    code(&r, 99);
+    assert!(r.stdout.contains("are running again"), "{}", r.stdout);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
+    assert_eq!(state(&s.d)["current"]["name"], "intel-corei7-64-lmp-2");
+}
+
+/// A device never updated by us, running app-01 as it was preloaded: project directory,
+/// images and containers, no state.
+fn preloaded() -> AppScene {
+    let s = on_version_2();
+    std::fs::remove_dir_all(s.d.state_dir()).unwrap();
+    s
+}
+
+#[test]
+fn never_updated_device_rolls_back_to_its_preloaded_apps() {
+    // Reference 9.1 number 24.
+    let mut s = preloaded();
+    let f = s.f.name.clone();
+    let bad = failing_app(&s, "exits");
+    let b = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3"), bad])]);
+    code(&s.install(b.path()), 100);
+    let record = std::fs::read_to_string(s.d.state_dir().join("previous-apps.json")).unwrap();
+    assert!(
+        record.contains("\"app-01\"") && record.contains("\"uri\": null"),
+        "{record}"
+    );
+    s.reboot_into("3", "boot-2");
+    code(&s.run(), 100);
+    s.reboot_into("2", "boot-3");
+    let r = s.run();
+    code(&r, 0);
+    assert!(r.stdout.starts_with("rolled back to"), "{}", r.stdout);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
+}
+
+#[test]
+fn unreadable_record_gives_110_after_bootloader_rollback() {
+    // Reference 9.1 number 25.
+    let mut s = on_version_2();
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3")])]);
+    code(&s.install(b.path()), 100);
+    std::fs::write(s.d.state_dir().join("previous-apps.json"), b"{not json").unwrap();
+    s.reboot_into("2", "boot-2");
+    let r = s.run();
+    code(&r, 110);
+    assert!(
+        r.stdout.contains("previous apps are unknown"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        state(&s.d)["history"].as_array().unwrap().last().unwrap()["code"],
+        110
+    );
+}
+
+#[test]
+fn unreadable_record_gives_120_when_apps_fail() {
+    // Reference 9.1 number 26.
+    let mut s = on_version_2();
+    let bad = failing_app(&s, "exits");
+    let b = s.bundle(vec![T::new("3", vec![bad])]);
+    code(&s.install(b.path()), 100);
+    std::fs::remove_file(s.d.state_dir().join("previous-apps.json")).unwrap();
+    s.reboot_into("3", "boot-2");
+    let r = s.run();
+    code(&r, 120);
+    assert!(r.stdout.contains("nothing restored"), "{}", r.stdout);
+    assert_eq!(
+        deployments(&s.d)[0],
+        s.commits["3"],
+        "stays on the new rootfs"
+    );
+}
+
+#[test]
+fn blob_not_matching_its_digest_is_refused_with_nothing_loaded() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let info = &s.written[&("2".to_string(), "app-01".to_string())];
+    // The busybox layer: the biggest blob, copied by its own worker.
+    let layer = b
+        .path()
+        .join("apps/blobs/sha256")
+        .join(&info.images[0].layer_digests[0]);
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&layer, bytes).unwrap();
+    let images = s.image_ids();
+    let before = Unchanged::new(&s.d, b.path());
+    let r = s.install(b.path());
+    code(&r, 50);
+    assert!(
+        r.error().contains("does not match its digest"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.error().contains(&info.images[0].layer_digests[0]),
+        "{}",
+        r.stdout
+    );
+    before.assert();
+    assert_eq!(s.image_ids(), images);
+}
+
+#[test]
+fn hostile_compose_archives_are_refused() {
+    for (entry, rule) in [
+        (Hostile::File("../escape".into()), ".."),
+        (
+            Hostile::File("/tmp/usb-update-abs-escape".into()),
+            "absolute",
+        ),
+        (Hostile::Symlink("link".into(), "/etc".into()), "link"),
+    ] {
+        let mut s = AppScene::new(None);
+        let mut a = app(&s.f.name, "app-01", "v2");
+        a.hostile = Some(entry.clone());
+        let b = s.bundle(vec![T::new("2", vec![a])]);
+        let before = Unchanged::new(&s.d, b.path());
+        let r = s.install(b.path());
+        code(&r, 50);
+        assert!(r.error().contains(rule), "{entry:?}: {}", r.stdout);
+        before.assert();
+        assert!(!std::path::Path::new("/tmp/usb-update-abs-escape").exists());
+        assert!(!s.d.tmp.path().join("var/sota/escape").exists());
+    }
+}
+
+#[test]
+fn docker_not_running_is_its_own_error_and_changes_nothing() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    s.docker.stop();
+    let before = Unchanged::new(&s.d, b.path());
+    let r = s.install(b.path());
+    code(&r, 52);
+    assert!(r.error().contains("is not reachable"), "{}", r.stdout);
+    before.assert();
+}
