@@ -1,9 +1,12 @@
-//! `usb-update install`: `check`'s verdict, then the rootfs from the bundle deployed as the
-//! next boot's default, the pending installation recorded for `run`.
+//! `usb-update install`: `check`'s verdict, then (Compose devices) the target's apps copied
+//! into the store and their images loaded, then the rootfs from the bundle deployed as the
+//! next boot's default (or, for apps only, nothing deployed), the pending installation
+//! recorded for `run`.
 //!
-//! Every step can be re-run after a power cut at any instant: the pull skips what the
-//! repo has, the deployment of a commit already deployed as default is reused, and the
-//! pending record and the trusted metadata are written atomically, in that order, last.
+//! Every step can be re-run after a power cut at any instant: blobs already in the store and
+//! images already loaded are skipped, the pull skips what the repo has, the deployment of a
+//! commit already deployed as default is reused, and the pending record and the trusted
+//! metadata are written atomically, in that order, last.
 
 use crate::apps;
 use crate::bootloader::BootEnv;

@@ -499,3 +499,38 @@ fn docker_not_running_is_its_own_error_and_changes_nothing() {
     assert!(r.error().contains("is not reachable"), "{}", r.stdout);
     before.assert();
 }
+
+#[test]
+fn install_killed_after_the_copy_converges_on_the_next_attempt() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let bundle = b.path().to_str().unwrap();
+    let r = s.d.command_env(
+        "install",
+        &["--src-dir", bundle],
+        &[("USB_UPDATE_CRASH_AT", "install-apps-fetched")],
+    );
+    assert_ne!(r.code, 0, "the crash point was not reached");
+    let copied = blobs(&s);
+    assert!(!copied.is_empty());
+    assert!(state_file_absent(&s));
+    let r = s.install(b.path());
+    code(&r, 100);
+    assert!(
+        r.stdout.contains(" 0 blob(s), 0.0 MB copied"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(blobs(&s), copied);
+    s.reboot_into("2", "boot-1");
+    code(&s.run(), 0);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
+}
+
+fn state_file_absent(s: &AppScene) -> bool {
+    !s.d.state_dir().join("state.json").exists()
+}
