@@ -119,29 +119,6 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
     };
     failpoint::hit("install-deployed");
     bootenv.check_boot_firmware(&deployment.path)?;
-    // The deployment is in place: the metadata that vouched for it is trusted from now on
-    // (before the pending record, so that a re-run after a crash here compares equal).
-    let tuf = State::tuf_dir(&dir);
-    for (name, bytes) in &plan.verified.to_store {
-        write_atomic(&tuf.join(name), bytes)?;
-    }
-    failpoint::hit("install-tuf-stored");
-
-    state.pending = Some(Pending {
-        target: InstalledTarget {
-            name: target.name.clone(),
-            version: target.version,
-            sha256: target.ostree.clone(),
-            apps: target.apps.clone(),
-        },
-        phase: Phase::Deployed,
-        boot_id: ostree::boot_id(pacman)?,
-        previous: running,
-        rollback_deployment,
-        needs_reboot: true,
-        installed_at: crate::tuf::now_utc(),
-        failed_target: None,
-    });
     let pulled = if stats.skipped {
         "commit already present".to_string()
     } else {
@@ -156,13 +133,53 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
         "{} deployed ({pulled}{apps_note}): reboot, then run",
         target.name
     );
-    state.record("install", &target.name, Code::NeedsReboot.as_u8(), &msg);
-    state.save(&dir)?;
+    let pending = Pending {
+        target: installed(target),
+        phase: Phase::Deployed,
+        boot_id: ostree::boot_id(pacman)?,
+        previous: running,
+        rollback_deployment,
+        needs_reboot: true,
+        installed_at: crate::tuf::now_utc(),
+        failed_target: None,
+    };
     // No global sync(): the objects and the deployment were synced by libostree, and
     // every file of ours is fsynced with its directory.
+    record(&plan, &mut state, pending, Code::NeedsReboot, msg, report)
+}
+
+fn installed(target: &crate::select::Candidate) -> InstalledTarget {
+    InstalledTarget {
+        name: target.name.clone(),
+        version: target.version,
+        sha256: target.ostree.clone(),
+        apps: target.apps.clone(),
+    }
+}
+
+/// The last steps, for every kind of target: the metadata that vouched for the target is
+/// trusted from now on (before the pending record, so that a re-run after a crash in
+/// between compares equal), then the pending record.
+fn record(
+    plan: &Plan,
+    state: &mut State,
+    pending: Pending,
+    code: Code,
+    msg: String,
+    report: &mut Report,
+) -> Result<Code> {
+    let dir = plan.config.state_dir();
+    let tuf = State::tuf_dir(&dir);
+    for (name, bytes) in &plan.verified.to_store {
+        write_atomic(&tuf.join(name), bytes)?;
+    }
+    failpoint::hit("install-tuf-stored");
+    state.pending = Some(pending);
+    state.record("install", &plan.target.name, code.as_u8(), &msg);
+    state.save(&dir)?;
     failpoint::hit("install-recorded");
     report.decision = Some(msg);
-    Ok(Code::NeedsReboot)
+    Ok(code)
 }
 
 /// Apps-only target: nothing to deploy; the pending record tells `run` to start the apps.
@@ -174,19 +191,14 @@ fn record_apps_only(
     apps_note: &str,
     report: &mut Report,
 ) -> Result<Code> {
-    let dir = plan.config.state_dir();
     let target = &plan.target;
-    let tuf = State::tuf_dir(&dir);
-    for (name, bytes) in &plan.verified.to_store {
-        write_atomic(&tuf.join(name), bytes)?;
-    }
-    state.pending = Some(Pending {
-        target: InstalledTarget {
-            name: target.name.clone(),
-            version: target.version,
-            sha256: target.ostree.clone(),
-            apps: target.apps.clone(),
-        },
+    let msg = format!(
+        "{} apps installed ({}): restart Docker, then run",
+        target.name,
+        apps_note.trim_start_matches("; ")
+    );
+    let pending = Pending {
+        target: installed(target),
         phase: Phase::Apps,
         boot_id: ostree::boot_id(&plan.config.pacman)?,
         previous: running,
@@ -194,15 +206,6 @@ fn record_apps_only(
         needs_reboot: false,
         installed_at: crate::tuf::now_utc(),
         failed_target: None,
-    });
-    let apps_note = apps_note.trim_start_matches("; ");
-    let msg = format!(
-        "{} apps installed ({apps_note}): restart Docker, then run",
-        target.name
-    );
-    state.record("install", &target.name, Code::AppsNeedRestart.as_u8(), &msg);
-    state.save(&dir)?;
-    failpoint::hit("install-recorded");
-    report.decision = Some(msg);
-    Ok(Code::AppsNeedRestart)
+    };
+    record(&plan, state, pending, Code::AppsNeedRestart, msg, report)
 }

@@ -270,7 +270,12 @@ fn on_version_2() -> AppScene {
 
 fn failing_app(s: &AppScene, how: &str) -> AppSpec {
     match how {
-        "exits" => AppSpec::busybox_running(&s.f.name, "app-02", "bad", "exit 3", true),
+        "exits" => {
+            let mut a = AppSpec::busybox_running(&s.f.name, "app-02", "bad", "exit 3", true);
+            // No healthcheck: its verdict would race the exit code.
+            a.images[0].config.healthcheck = None;
+            a
+        }
         _ => AppSpec::busybox_running(
             &s.f.name,
             "app-02",

@@ -36,15 +36,16 @@ fn look(c: &ContainerState, baseline_restarts: i64) -> Look {
         c.service.as_deref().unwrap_or("?"),
         c.name
     );
-    if c.health.as_deref() == Some("unhealthy") {
-        return Look::Failed(format!("{who} is unhealthy"));
-    }
+    // The most telling reason first: an exit code says more than the health that follows.
     let stopped = matches!(c.status.as_str(), "exited" | "dead" | "restarting");
     if let Some(code) = c.exit_code.filter(|&code| stopped && code != 0) {
         return Look::Failed(format!("{who} exited with code {code}"));
     }
     if c.restart_count > baseline_restarts || c.restarting {
         return Look::Failed(format!("{who} keeps restarting"));
+    }
+    if c.health.as_deref() == Some("unhealthy") {
+        return Look::Failed(format!("{who} is unhealthy"));
     }
     match c.status.as_str() {
         // A one-shot service that finished its job is fine.
