@@ -329,6 +329,11 @@ fn rootfs_update_with_failing_app_rolls_back(how: &str, fragment: &str) {
         "{}",
         r.stdout
     );
+    assert!(
+        r.stdout.contains("returned 0") && r.stdout.contains("rolled back to"),
+        "{}",
+        r.stdout
+    );
     // The same stick again: refused, the target failed here.
     code(&s.install(b.path()), 103);
 }
@@ -538,4 +543,25 @@ fn install_killed_after_the_copy_converges_on_the_next_attempt() {
 
 fn state_file_absent(s: &AppScene) -> bool {
     !s.d.state_dir().join("state.json").exists()
+}
+
+#[test]
+fn run_with_docker_down_keeps_the_work_pending() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    code(&s.install(b.path()), 101);
+    s.docker.stop();
+    let r = s.run();
+    code(&r, 52);
+    assert!(r.stdout.contains("is not reachable"), "{}", r.stdout);
+    let st = state(&s.d);
+    assert_eq!(st["pending"]["target"]["name"], "intel-corei7-64-lmp-2");
+    assert!(st["failed"].as_array().is_none_or(|f| f.is_empty()));
+    s.docker.restart();
+    code(&s.run(), 0);
+    assert_eq!(
+        s.running(),
+        expect(&[("app-01", &s.image_id("2", "app-01"))])
+    );
 }
