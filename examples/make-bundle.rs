@@ -171,21 +171,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `path`: `len` bytes from a generator seeded by `seed`, the same for the same seed.
+/// `path`: `len` bytes from a generator seeded by `seed` (the same bytes for the same seed).
 fn write_random(path: &Path, seed: &str, len: u64) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::from_seed(Sha256::digest(seed).into());
-    let file =
+    let mut file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         rng.fill_bytes(&mut buf[..n]);
-        out.write_all(&buf[..n])
+        file.write_all(&buf[..n])
             .with_context(|| format!("writing {}", path.display()))?;
         left -= n as u64;
     }
-    out.flush()
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }

@@ -117,7 +117,11 @@ impl Store {
                     let Some(blob) = next else { return };
                     let tick = |n: u64| {
                         let d = done.fetch_add(n, Ordering::Relaxed) + n;
-                        progress(FetchProgress { done: d, total });
+                        // Manifests have no size in advance: the total grows with them.
+                        progress(FetchProgress {
+                            done: d,
+                            total: total.max(d),
+                        });
                     };
                     match self.copy_blob(src, &blob, &failed, &tick) {
                         Ok(()) => {
