@@ -32,6 +32,8 @@ pub enum Code {
     Downgrade = 102,
     PolicyRefused = 103,
     RunBeforeReboot = 104,
+    /// The policy requires an operator signature and the stick has none by a trusted key.
+    Signature = 105,
     RollbackAppsUnknown = 110,
     RollbackImpossible = 120,
 }
@@ -112,4 +114,5 @@ ctor! {
     policy => PolicyRefused,
     copy => Copy,
     docker_unavailable => DockerUnavailable,
+    signature => Signature,
 }

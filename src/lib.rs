@@ -17,6 +17,9 @@
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
+//! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
+//! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
+//! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
@@ -35,10 +38,13 @@ pub mod finalize;
 pub mod gen;
 pub mod install;
 pub mod lock;
+pub mod media;
 pub mod ostree;
 pub mod policy;
 pub mod select;
+pub mod signature;
 pub mod state;
+pub mod status;
 pub mod tuf;
 
 pub use error::{Code, Error, Result};

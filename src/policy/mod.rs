@@ -26,6 +26,9 @@ pub struct Policy {
     pub update: UpdatePolicy,
     pub agent: AgentPolicy,
     pub apps: AppsPolicy,
+    pub media: MediaPolicy,
+    pub feedback: FeedbackPolicy,
+    pub signature: SignaturePolicy,
     /// The files applied, in order, so `check` and `status` can show where a rule came from.
     pub sources: Vec<PathBuf>,
 }
@@ -72,14 +75,91 @@ impl Default for UpdatePolicy {
 pub struct AgentPolicy {
     /// The flock shared with aktualizr-lite; another path only for tests and sandboxes.
     pub lock_file: PathBuf,
+    /// Sticks are mounted under `<run_dir>/<filesystem uuid>`; `status.json` lives here.
+    pub run_dir: PathBuf,
+    /// The reboot that a new rootfs needs, and the Docker restart that new apps need.
+    pub reboot_command: Vec<String>,
+    pub docker_restart_command: Vec<String>,
+    /// `systemctl`, to stop aktualizr-lite for the update and start it again after.
+    pub systemctl: String,
+    /// aktualizr-lite's unit; empty: never touched.
+    pub aklite_unit: String,
+    /// Write `usb-update-report-<device>.json` (and a log excerpt) onto the stick.
+    pub report: bool,
+    /// `run` said 90 (boot firmware updated): reboot at once to complete it.
+    pub reboot_for_boot_firmware: bool,
 }
 
 impl Default for AgentPolicy {
     fn default() -> Self {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
         AgentPolicy {
             lock_file: PathBuf::from(crate::lock::DEFAULT_PATH),
+            run_dir: PathBuf::from("/run/usb-update"),
+            reboot_command: argv(&["systemctl", "reboot"]),
+            docker_restart_command: argv(&["systemctl", "restart", "docker.service"]),
+            systemctl: "systemctl".into(),
+            aklite_unit: "aktualizr-lite.service".into(),
+            report: true,
+            reboot_for_boot_firmware: false,
         }
     }
+}
+
+/// The `[media]` section: which sticks the agent takes, and which bundle on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MediaPolicy {
+    /// Filesystems mounted (`ID_FS_TYPE`).
+    pub filesystems: Vec<String>,
+    /// Only removable USB storage (`ID_BUS=usb`); off only for test rigs with loop devices.
+    pub require_usb: bool,
+    /// With several bundles on a stick: the directory to take (`"."` for the root); unset:
+    /// refuse.
+    pub bundle: Option<String>,
+    /// Directories where another automounter (udisks2, a desktop) mounts media, watched by
+    /// `agent watch`.
+    pub watch_dirs: Vec<PathBuf>,
+}
+
+impl Default for MediaPolicy {
+    fn default() -> Self {
+        MediaPolicy {
+            filesystems: vec!["vfat".into(), "exfat".into(), "ext4".into()],
+            require_usb: true,
+            bundle: None,
+            watch_dirs: Vec::new(),
+        }
+    }
+}
+
+/// The `[feedback]` section: LEDs and consoles for the operator at the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedbackPolicy {
+    /// sysfs LED class directory.
+    pub leds_path: PathBuf,
+    /// LEDs (names under `leds_path`) that show the agent's patterns; empty: none.
+    pub leds: Vec<String>,
+    /// Terminals that get one line per step.
+    pub consoles: Vec<PathBuf>,
+}
+
+impl Default for FeedbackPolicy {
+    fn default() -> Self {
+        FeedbackPolicy {
+            leds_path: PathBuf::from("/sys/class/leds"),
+            leds: Vec::new(),
+            consoles: vec![PathBuf::from("/dev/console")],
+        }
+    }
+}
+
+/// The `[signature]` section: an operator's signature over the bundle's `tuf/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignaturePolicy {
+    /// A stick without a signature by one of `trusted_keys` is refused.
+    pub required: bool,
+    /// Ed25519 public keys, 64 hex digits each.
+    pub trusted_keys: Vec<String>,
 }
 
 /// The `[apps]` section: when started Compose apps count as up, and what is kept.
@@ -129,6 +209,33 @@ struct Layer {
     update: Option<UpdateLayer>,
     agent: Option<AgentLayer>,
     apps: Option<AppsLayer>,
+    media: Option<MediaLayer>,
+    feedback: Option<FeedbackLayer>,
+    signature: Option<SignatureLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaLayer {
+    filesystems: Option<Vec<String>>,
+    require_usb: Option<bool>,
+    bundle: Option<String>,
+    watch_dirs: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackLayer {
+    leds_path: Option<PathBuf>,
+    leds: Option<Vec<String>>,
+    consoles: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureLayer {
+    required: Option<bool>,
+    trusted_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +261,13 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 #[serde(deny_unknown_fields)]
 struct AgentLayer {
     lock_file: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    reboot_command: Option<Vec<String>>,
+    docker_restart_command: Option<Vec<String>>,
+    systemctl: Option<String>,
+    aklite_unit: Option<String>,
+    report: Option<bool>,
+    reboot_for_boot_firmware: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +339,14 @@ impl Policy {
                 );
             }
         }
+        for (name, argv) in [
+            ("reboot_command", &policy.agent.reboot_command),
+            ("docker_restart_command", &policy.agent.docker_restart_command),
+        ] {
+            if argv.is_empty() {
+                bail!("policy: [agent] {name} must name a program");
+            }
+        }
         if policy.apps.parallel_copies == 0 {
             bail!("policy: [apps] parallel_copies must be at least 1");
         }
@@ -239,7 +361,17 @@ impl Policy {
                 opt min_version, max_version, allowed_tags);
         }
         if let Some(a) = layer.agent {
-            merge!(self.agent, a; lock_file);
+            merge!(self.agent, a; lock_file, run_dir, reboot_command, docker_restart_command,
+                systemctl, aklite_unit, report, reboot_for_boot_firmware);
+        }
+        if let Some(m) = layer.media {
+            merge!(self.media, m; filesystems, require_usb, watch_dirs; opt bundle);
+        }
+        if let Some(f) = layer.feedback {
+            merge!(self.feedback, f; leds_path, leds, consoles);
+        }
+        if let Some(g) = layer.signature {
+            merge!(self.signature, g; required, trusted_keys);
         }
         if let Some(a) = layer.apps {
             merge!(self.apps, a; health_timeout, settle, parallel_copies, prune);
