@@ -96,6 +96,57 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's phase, pending work and last results; changes nothing.
+    Status {
+        #[command(flatten)]
+        sources: Sources,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The automatic flow (udev rule, systemd units, or `watch` without systemd).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Tools for whoever prepares sticks.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// One stick: check, mount, verify, install, then reboot or restart Docker.
+    Handle {
+        #[command(flatten)]
+        sources: Sources,
+        /// The block device, e.g. /dev/sda1.
+        devnode: PathBuf,
+    },
+    /// At boot: finish what the reboot was for.
+    Finalize {
+        #[command(flatten)]
+        sources: Sources,
+    },
+    /// Listen to udev (and watch automount directories) and handle each new stick.
+    Watch {
+        #[command(flatten)]
+        sources: Sources,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Sign a bundle's tuf/ with an operator's Ed25519 key (PKCS#8 PEM): writes usb-update.sig.
+    Sign {
+        /// The private key.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The bundle directory.
+        dir: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -127,6 +178,20 @@ pub fn main() -> ExitCode {
         Command::Install { bundle, json } => run_install(&bundle.into(), json),
         Command::Run { sources, json } => run_run(&sources, json),
         Command::Current { sources, json } => run_current(&sources, json),
+        Command::Status { sources, json } => run_status(&sources, json),
+        Command::Agent { command } => run_agent(command),
+        Command::Bundle {
+            command: BundleCommand::Sign { key, dir },
+        } => match crate::signature::sign(&key, &dir) {
+            Ok(p) => {
+                print_out(&format!("signed: {}\n", p.display()));
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
     };
     ExitCode::from(code)
 }
@@ -181,6 +246,55 @@ fn run_current(sources: &Sources, json: bool) -> u8 {
                     .unwrap_or_default()
             } else {
                 crate::current::human_lines(&c)
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect()
+            };
+            print_out(&text);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.one_line());
+            e.code().as_u8()
+        }
+    }
+}
+
+fn agent_sources(s: &Sources) -> crate::agent::Sources {
+    crate::agent::Sources {
+        config: s.config.clone(),
+        policy: s.policy.clone(),
+    }
+}
+
+fn run_agent(command: AgentCommand) -> u8 {
+    let result = match &command {
+        AgentCommand::Handle { sources, devnode } => {
+            crate::agent::handle(&agent_sources(sources), devnode)
+        }
+        AgentCommand::Finalize { sources } => crate::agent::finalize(&agent_sources(sources)),
+        AgentCommand::Watch { sources } => {
+            crate::agent::watch(&agent_sources(sources)).map(|()| crate::Code::Ok)
+        }
+    };
+    match result {
+        Ok(code) => code.as_u8(),
+        Err(e) => {
+            eprintln!("error: {}", e.one_line());
+            e.code().as_u8()
+        }
+    }
+}
+
+fn run_status(sources: &Sources, json: bool) -> u8 {
+    match crate::status::status(&sources.config, &sources.policy) {
+        Ok(v) => {
+            let text = if json {
+                serde_json::to_string(&v)
+                    .map(|s| s + "\n")
+                    .unwrap_or_default()
+            } else {
+                crate::status::human_lines(&v)
                     .into_iter()
                     .map(|l| l + "\n")
                     .collect()

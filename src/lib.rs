@@ -13,6 +13,7 @@
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
 //! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
+//! - [`agent`]: `agent handle|finalize|watch`: the automatic flow from stick to finished update;
 //! - [`apps`]: Compose apps: the app store, images into Docker, projects, health, rollback;
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
@@ -24,6 +25,7 @@
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
+pub mod agent;
 pub mod apps;
 pub mod bootloader;
 pub mod bundle;

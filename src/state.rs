@@ -150,7 +150,24 @@ impl State {
     /// Replace `state.json` atomically: a power cut leaves the old or the new file whole.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).context("serialising the state")?;
-        write_atomic(&Self::file(dir), &bytes)
+        write_atomic(&Self::file(dir), &bytes)?;
+        // The boot-time unit starts only when there is work (ConditionPathExists): a marker
+        // kept in step with `pending`, written after the state so it never claims too little.
+        let marker = Self::pending_marker(dir);
+        match &self.pending {
+            Some(p) => write_atomic(&marker, p.target.name.as_bytes()),
+            None => match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", marker.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Exists exactly while an installation is pending.
+    pub fn pending_marker(dir: &Path) -> PathBuf {
+        dir.join("pending")
     }
 }
 

@@ -33,6 +33,11 @@ fn ostree_update_install_reboot_run() {
         "intel-corei7-64-lmp-2"
     );
     assert!(s.d.state_dir().join("tuf/targets.json").exists());
+    // The boot-time unit's condition: the marker exists exactly while work is pending.
+    assert_eq!(
+        std::fs::read_to_string(s.d.state_dir().join("pending")).unwrap(),
+        "intel-corei7-64-lmp-2"
+    );
     let env = std::fs::read_to_string(s.d.sysroot.join(".usb-update-sim/bootenv")).unwrap();
     assert!(env.contains("upgrade_available=1"), "{env}");
 
@@ -54,6 +59,7 @@ fn ostree_update_install_reboot_run() {
     let st = state(&s.d);
     assert_eq!(st["current"]["name"], "intel-corei7-64-lmp-2");
     assert!(st["pending"].is_null());
+    assert!(!s.d.state_dir().join("pending").exists());
     let env = std::fs::read_to_string(s.d.sysroot.join(".usb-update-sim/bootenv")).unwrap();
     assert!(env.contains("upgrade_available=0"), "{env}");
     let r = s.d.command("current", &[]);

@@ -341,7 +341,10 @@ impl Policy {
         }
         for (name, argv) in [
             ("reboot_command", &policy.agent.reboot_command),
-            ("docker_restart_command", &policy.agent.docker_restart_command),
+            (
+                "docker_restart_command",
+                &policy.agent.docker_restart_command,
+            ),
         ] {
             if argv.is_empty() {
                 bail!("policy: [agent] {name} must name a program");

@@ -1,0 +1,487 @@
+//! `usb-update agent handle|finalize|watch`: the automatic flow an operator sees. A stick
+//! goes in; it is checked, mounted read-only, its bundle verified and installed; then the
+//! device reboots (new rootfs) or restarts Docker and finishes (apps only); at boot,
+//! `finalize` completes what the reboot was for. LEDs, consoles, `status.json` and a report
+//! on the stick say what happened.
+//!
+//! Reboot and Docker restart go through the policy's commands (`[agent] reboot_command`,
+//! `docker_restart_command`), so that a test or the demo can stand in for them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::check::Request;
+use crate::config::Config;
+use crate::error::{Code, Error, Result};
+use crate::media::{self, Mount, Stick};
+use crate::policy::Policy;
+use crate::state::{write_atomic, State};
+use crate::status::{Feedback, Pattern, Report};
+
+/// Where the config and the policy come from (the CLI's `-c` / `-p`).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub config: Vec<PathBuf>,
+    pub policy: Vec<PathBuf>,
+}
+
+struct Ctx {
+    sources: Sources,
+    cfg: Config,
+    policy: Policy,
+    fb: Feedback,
+}
+
+impl Ctx {
+    fn load(sources: &Sources) -> Result<Ctx> {
+        let cfg = Config::load(&sources.config)?;
+        let policy = Policy::load(&sources.policy)?;
+        let fb = Feedback::new(&policy);
+        Ok(Ctx {
+            sources: sources.clone(),
+            cfg,
+            policy,
+            fb,
+        })
+    }
+}
+
+/// `agent handle DEVNODE`: one stick, the whole flow. Returns the code of what was done
+/// (`install`'s, or `run`'s after an apps-only update).
+pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
+    let mut ctx = Ctx::load(sources)?;
+    let stick = Stick::probe(devnode)?;
+    if let Err(why) = stick.accept(&ctx.policy.media) {
+        tracing::info!("ignored: {why}");
+        ctx.fb
+            .step(&format!("ignored {}: {why}", devnode.display()));
+        return Ok(Code::Ok);
+    }
+    ctx.fb.pattern(Pattern::Working);
+    ctx.fb.step(&format!(
+        "stick {} ({}) inserted: do not remove it",
+        display_label(&stick),
+        devnode.display()
+    ));
+    let mount = match Mount::mount(&stick, &ctx.policy.agent.run_dir) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.fb.pattern(Pattern::Error);
+            ctx.fb.step(&format!("error: {}", e.one_line()));
+            return Err(e);
+        }
+    };
+    let mut report = Report {
+        device: device_id(),
+        stick: stick.uuid.clone(),
+        started_at: crate::tuf::now_utc(),
+        ..Report::default()
+    };
+    let started = Instant::now();
+    let outcome = on_stick(&mut ctx, &stick, &mount, &mut report);
+    report
+        .durations
+        .insert("total".into(), started.elapsed().as_secs_f64());
+    finish(&mut ctx, &stick, mount, report, outcome)
+}
+
+/// What to do after the stick is released.
+enum Then {
+    Nothing,
+    Reboot,
+}
+
+struct Outcome {
+    code: Code,
+    result: String,
+    then: Then,
+}
+
+fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) -> Result<Outcome> {
+    let bundle = media::find_bundle(mount.path(), ctx.policy.media.bundle.as_deref())?;
+    report.bundle = bundle
+        .strip_prefix(mount.path())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let fingerprint = fingerprint(&bundle)?;
+    let dir = ctx.cfg.state_dir();
+    let mut seen = Seen::load(&dir);
+    let boot_id = crate::ostree::boot_id(&ctx.cfg.pacman)?;
+    if let Some(left) = seen.take(&stick.uuid, &fingerprint, &boot_id) {
+        seen.save(&dir)?;
+        if !left.retry {
+            return Ok(Outcome {
+                code: Code::Ok,
+                result:
+                    "this stick was left in across the reboot it asked for: nothing more to do \
+                         (remove it and insert it again to retry)"
+                        .into(),
+                then: Then::Nothing,
+            });
+        }
+    }
+    if let Some(key) = crate::signature::verify(&bundle, &ctx.policy.signature)? {
+        ctx.fb
+            .step(&format!("operator signature by {key}: trusted"));
+    }
+    report.before = current_name(&ctx.sources);
+    let aklite = Aklite::stop(&ctx.policy)?;
+    ctx.fb.step("verifying and installing the update");
+    let req = Request {
+        config: ctx.sources.config.clone(),
+        policy: ctx.sources.policy.clone(),
+        src_dir: bundle.clone(),
+        target: None,
+        force: false,
+    };
+    let t = Instant::now();
+    let (install_report, result) = crate::install::install(&req);
+    report
+        .durations
+        .insert("install".into(), t.elapsed().as_secs_f64());
+    let decision = install_report.decision.clone().unwrap_or_default();
+    let outcome = match result {
+        Ok(Code::Ok) => Ok(Outcome {
+            code: Code::Ok,
+            result: format!("already up to date: {decision}"),
+            then: Then::Nothing,
+        }),
+        Ok(code @ (Code::NeedsReboot | Code::BootFirmware)) => {
+            // The stick may stay in: the next boot must know it, and retry only after 90.
+            seen.remember(
+                &stick.uuid,
+                &fingerprint,
+                &boot_id,
+                code == Code::BootFirmware,
+            );
+            seen.save(&dir)?;
+            let result = match code {
+                Code::BootFirmware => {
+                    "a boot firmware update needs a reboot first; the update follows it".into()
+                }
+                _ => format!("installed: {decision}"),
+            };
+            Ok(Outcome {
+                code,
+                result,
+                then: Then::Reboot,
+            })
+        }
+        Ok(Code::AppsNeedRestart) => apps_only(ctx, report, &decision),
+        Ok(other) => Ok(Outcome {
+            code: other,
+            result: decision,
+            then: Then::Nothing,
+        }),
+        Err(e) => Err(e),
+    };
+    aklite.start(&ctx.policy);
+    report.after = current_name(&ctx.sources);
+    outcome
+}
+
+/// Apps only: restart Docker, then finish at once.
+fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outcome> {
+    ctx.fb.step("apps installed: restarting Docker");
+    run_command(
+        &ctx.policy.agent.docker_restart_command,
+        "restarting Docker",
+    )?;
+    ctx.fb.step("starting the apps");
+    let t = Instant::now();
+    let out = crate::finalize::run(&ctx.sources.config, &ctx.sources.policy)?;
+    report
+        .durations
+        .insert("run".into(), t.elapsed().as_secs_f64());
+    if out.code != Code::Ok {
+        return Err(Error::new(out.code, out.message));
+    }
+    Ok(Outcome {
+        code: Code::Ok,
+        result: format!("{decision}; {}", out.message),
+        then: Then::Nothing,
+    })
+}
+
+/// Report on the stick, release it, show the result, then reboot if that is next.
+fn finish(
+    ctx: &mut Ctx,
+    stick: &Stick,
+    mount: Mount,
+    mut report: Report,
+    outcome: Result<Outcome>,
+) -> Result<Code> {
+    report.finished_at = crate::tuf::now_utc();
+    let (code, then) = match &outcome {
+        Ok(o) => {
+            report.exit_code = o.code.as_u8();
+            report.result = o.result.clone();
+            ctx.fb.step(&o.result);
+            (o.code, &o.then)
+        }
+        Err(e) => {
+            report.exit_code = e.code().as_u8();
+            report.result = "failed: nothing was changed".into();
+            report.error = Some(e.one_line());
+            ctx.fb.step(&format!("error: {}", e.one_line()));
+            (e.code(), &Then::Nothing)
+        }
+    };
+    if ctx.policy.agent.report {
+        let log = ctx.fb.lines();
+        let written = mount.with_writable(|root| crate::status::write_report(root, &report, &log));
+        match written {
+            Ok(p) => tracing::info!("report written to {}", p.display()),
+            Err(e) => tracing::warn!("no report on the stick {}: {e:#}", stick.uuid),
+        }
+    }
+    if let Err(e) = mount.unmount() {
+        tracing::warn!("unmounting {}: {}", stick.devnode.display(), e.one_line());
+    }
+    let failed =
+        outcome.is_err() || !matches!(code, Code::Ok | Code::NeedsReboot | Code::BootFirmware);
+    ctx.fb.pattern(Pattern::SafeToRemove);
+    ctx.fb.step("the stick can be removed");
+    match then {
+        Then::Reboot => {
+            ctx.fb.step("rebooting to finish the update");
+            run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
+        }
+        Then::Nothing => ctx.fb.pattern(if failed {
+            Pattern::Error
+        } else {
+            Pattern::Success
+        }),
+    }
+    match outcome {
+        Ok(_) => Ok(code),
+        Err(e) => Err(e),
+    }
+}
+
+/// `agent finalize`, at boot: run what `install` left pending and act on its code.
+pub fn finalize(sources: &Sources) -> Result<Code> {
+    let mut ctx = Ctx::load(sources)?;
+    let state = State::load(&ctx.cfg.state_dir())?;
+    if state.pending.is_none() {
+        tracing::info!("nothing pending");
+        return Ok(Code::Ok);
+    }
+    ctx.fb.pattern(Pattern::Working);
+    ctx.fb
+        .step("finishing the update started before the reboot");
+    let aklite = Aklite::stop(&ctx.policy)?;
+    let result = crate::finalize::run(&sources.config, &sources.policy);
+    aklite.start(&ctx.policy);
+    let out = match result {
+        Ok(o) => o,
+        Err(e) => {
+            ctx.fb.pattern(Pattern::Error);
+            ctx.fb.step(&format!("error: {}", e.one_line()));
+            return Err(e);
+        }
+    };
+    ctx.fb.step(&out.message);
+    match out.code {
+        Code::Ok => ctx.fb.pattern(Pattern::Success),
+        Code::BootFirmware => {
+            ctx.fb.pattern(Pattern::Success);
+            if ctx.policy.agent.reboot_for_boot_firmware {
+                ctx.fb
+                    .step("rebooting to complete the boot firmware update");
+                run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
+            }
+        }
+        Code::NeedsReboot => {
+            ctx.fb.pattern(Pattern::Error);
+            ctx.fb.step("rebooting into the previous version");
+            run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
+        }
+        _ => ctx.fb.pattern(Pattern::Error),
+    }
+    Ok(out.code)
+}
+
+/// `agent watch`: handle every stick udev announces (and every bundle that appears in an
+/// automount directory), for systems without systemd and for the demo. Runs until killed.
+pub fn watch(sources: &Sources) -> Result<()> {
+    let ctx = Ctx::load(sources)?;
+    let mut monitor = media::Monitor::new()?;
+    let mut dirs = if ctx.policy.media.watch_dirs.is_empty() {
+        None
+    } else {
+        Some(media::DirWatch::new(&ctx.policy.media.watch_dirs)?)
+    };
+    tracing::info!("watching udev for sticks");
+    loop {
+        if let Some(devnode) = monitor.next(Duration::from_millis(500))? {
+            let sources = sources.clone();
+            // A second stick while one installs must get its "busy", not wait in line.
+            std::thread::spawn(move || {
+                if let Err(e) = handle(&sources, &devnode) {
+                    tracing::warn!("{}: {}", devnode.display(), e.one_line());
+                }
+            });
+        }
+        if let Some(w) = dirs.as_mut() {
+            if let Some(bundle) = w.next(Duration::from_millis(10))? {
+                tracing::info!(
+                    "bundle in {}: not ours to mount; installing",
+                    bundle.display()
+                );
+                let req = Request {
+                    config: sources.config.clone(),
+                    policy: sources.policy.clone(),
+                    src_dir: bundle,
+                    target: None,
+                    force: false,
+                };
+                let (r, _) = crate::install::install(&req);
+                tracing::info!("install returned {}", r.exit_code);
+            }
+        }
+    }
+}
+
+fn run_command(argv: &[String], what: &str) -> Result<()> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("{what}: no command configured"))?;
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("{what}: running {program}"))?;
+    if !status.success() {
+        return Err(anyhow::anyhow!("{what}: `{}` failed ({status})", argv.join(" ")).into());
+    }
+    Ok(())
+}
+
+/// aktualizr-lite must never run beside us: stopped for the update when it is active,
+/// started again after.
+struct Aklite {
+    stopped: bool,
+}
+
+impl Aklite {
+    fn stop(policy: &Policy) -> Result<Aklite> {
+        let unit = &policy.agent.aklite_unit;
+        if unit.is_empty() {
+            return Ok(Aklite { stopped: false });
+        }
+        let active = Command::new(&policy.agent.systemctl)
+            .args(["is-active", "--quiet", unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        if active {
+            run_command(
+                &[policy.agent.systemctl.clone(), "stop".into(), unit.clone()],
+                "stopping aktualizr-lite",
+            )?;
+        }
+        Ok(Aklite { stopped: active })
+    }
+
+    fn start(self, policy: &Policy) {
+        if self.stopped {
+            let argv = [
+                policy.agent.systemctl.clone(),
+                "start".into(),
+                policy.agent.aklite_unit.clone(),
+            ];
+            if let Err(e) = run_command(&argv, "starting aktualizr-lite again") {
+                tracing::warn!("{}", e.one_line());
+            }
+        }
+    }
+}
+
+/// Sticks left in across a reboot they asked for (`<state dir>/agent.json`): udev announces
+/// them again at boot, which is not an insertion.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Seen {
+    #[serde(default)]
+    left_in: Vec<LeftIn>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeftIn {
+    uuid: String,
+    fingerprint: String,
+    boot_id: String,
+    /// 90: the install waits for a reboot and is retried from the same stick after it.
+    retry: bool,
+}
+
+impl Seen {
+    fn file(dir: &Path) -> PathBuf {
+        dir.join("agent.json")
+    }
+
+    fn load(dir: &Path) -> Seen {
+        std::fs::read(Self::file(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).context("serialising agent.json")?;
+        Ok(write_atomic(&Self::file(dir), &bytes)?)
+    }
+
+    /// The record of this stick and bundle from an earlier boot, removed: the first sighting
+    /// after the reboot is the stick left in; the next is a new insertion.
+    fn take(&mut self, uuid: &str, fingerprint: &str, boot_id: &str) -> Option<LeftIn> {
+        let at = self
+            .left_in
+            .iter()
+            .position(|l| l.uuid == uuid && l.fingerprint == fingerprint && l.boot_id != boot_id)?;
+        Some(self.left_in.remove(at))
+    }
+
+    fn remember(&mut self, uuid: &str, fingerprint: &str, boot_id: &str, retry: bool) {
+        self.left_in.retain(|l| l.uuid != uuid);
+        self.left_in.push(LeftIn {
+            uuid: uuid.into(),
+            fingerprint: fingerprint.into(),
+            boot_id: boot_id.into(),
+            retry,
+        });
+    }
+}
+
+/// Which bundle this is: its signed timestamp (a new bundle has a new one).
+fn fingerprint(bundle: &Path) -> Result<String> {
+    let b = crate::bundle::Bundle::open(bundle)?;
+    let bytes = b
+        .read_capped("tuf/timestamp.json", 1 << 20)?
+        .unwrap_or_default();
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn current_name(sources: &Sources) -> Option<String> {
+    crate::current::current(&sources.config)
+        .ok()
+        .map(|c| format!("{} ({})", c.name, crate::policy::fmt_version(c.version)))
+}
+
+/// The name reports carry: the host name, unique per device on a site.
+fn device_id() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "device".into())
+}
+
+fn display_label(stick: &Stick) -> &str {
+    if stick.label.is_empty() {
+        &stick.uuid
+    } else {
+        &stick.label
+    }
+}

@@ -1,0 +1,90 @@
+//! The systemd units pass `systemd-analyze verify` (with ExecStart pointing at the binary
+//! under test, since /usr/bin/usb-update is not installed here) and keep the properties the
+//! field taught others: no BindsTo= the device, a start timeout long enough for a big
+//! install, and a boot-time unit that starts only when work is pending.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn unit(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Copies of the units, ExecStart pointing at the built binary; instance `sda1` of the template.
+fn verify(files: &[(&str, String)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for (name, text) in files {
+        let text = text.replace("/usr/bin/usb-update", env!("CARGO_BIN_EXE_usb-update"));
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        paths.push(p);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let (code, out) = verify(&[
+        ("usb-update@sda1.service", unit("usb-update@.service")),
+        (
+            "usb-update-finalize.service",
+            unit("usb-update-finalize.service"),
+        ),
+    ]);
+    assert_eq!((code, out.trim()), (0, ""), "{out}");
+}
+
+#[test]
+fn verify_catches_a_broken_unit() {
+    // The check above can fail: a misspelt key and a missing binary are reported.
+    let bad = unit("usb-update-finalize.service").replace("TimeoutStartSec", "TimeoutStrtSec");
+    let (_, out) = verify(&[("bad.service", bad)]);
+    assert!(out.contains("Unknown key 'TimeoutStrtSec'"), "{out}");
+    let missing = unit("usb-update-finalize.service")
+        .replace("/usr/bin/usb-update", "/nonexistent/usb-update");
+    let (code, out) = verify(&[("missing.service", missing)]);
+    assert_ne!(code, 0, "{out}");
+}
+
+#[test]
+fn stick_unit_is_not_bound_to_the_device_and_waits_long_enough() {
+    let u = unit("usb-update@.service");
+    assert!(!u.lines().any(|l| l.starts_with("BindsTo=")), "{u}");
+    assert!(
+        u.contains("ExecStart=/usr/bin/usb-update agent handle /dev/%I"),
+        "{u}"
+    );
+    let timeout = u
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStartSec="))
+        .expect("TimeoutStartSec");
+    let secs = humantime::parse_duration(timeout).unwrap().as_secs();
+    assert!(secs >= 3600, "{timeout}");
+}
+
+#[test]
+fn finalize_unit_runs_only_when_work_is_pending() {
+    let u = unit("usb-update-finalize.service");
+    assert!(
+        u.contains("ConditionPathExists=/var/sota/usb-update/pending"),
+        "{u}"
+    );
+    assert!(u.contains("After=local-fs.target docker.service"), "{u}");
+    // The marker the condition names is the one the state keeps in step with `pending`.
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        usb_update::state::State::pending_marker(dir.path()),
+        dir.path().join("pending")
+    );
+}
