@@ -252,6 +252,8 @@ fn finish(
             ctx.fb.step("rebooting to finish the update");
             run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
         }
+        // Another updater (or stick) holds the device: not this stick's fault.
+        Then::Nothing if code == Code::Busy => ctx.fb.pattern(Pattern::Busy),
         Then::Nothing => ctx.fb.pattern(if failed {
             Pattern::Error
         } else {

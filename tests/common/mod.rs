@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod dockerd;
 pub mod scene;
+pub mod stick;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

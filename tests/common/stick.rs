@@ -1,0 +1,151 @@
+//! Test sticks: ext4 images on loop devices, announced by a real udevd, as the kernel here
+//! has no vfat. The image is filled at mkfs time (`mkfs.ext4 -d`), so no host mount is
+//! needed to prepare it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Stick {
+    pub image: PathBuf,
+    pub devnode: PathBuf,
+    pub uuid: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Start systemd-udevd unless it runs; it stays up for the other tests.
+pub fn ensure_udevd() {
+    if Path::new("/run/udev/control").exists()
+        && Command::new("udevadm")
+            .args(["control", "--ping"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        return;
+    }
+    let daemon = [
+        "/lib/systemd/systemd-udevd",
+        "/usr/lib/systemd/systemd-udevd",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-udevd (package udev)");
+    run(Command::new(daemon).arg("--daemon"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("udevadm")
+        .args(["control", "--ping"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "udevd did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Stick {
+    /// A stick whose root holds a copy of `content` (the directory's entries).
+    pub fn with(content: &Path, label: &str) -> Stick {
+        ensure_udevd();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("stick.img");
+        let size = 64 + du_mb(content) * 2;
+        run(Command::new("truncate")
+            .arg(format!("-s{size}M"))
+            .arg(&image));
+        let uuid = uuid_like();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label, "-U", &uuid, "-d"])
+            .arg(content)
+            .arg(&image));
+        let devnode = PathBuf::from(run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)));
+        // udev has seen it once it knows the filesystem.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let props = Command::new("udevadm")
+                .args(["info", "--query=property"])
+                .arg(&devnode)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if props.contains(&format!("ID_FS_UUID={uuid}")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "udev never saw {}",
+                devnode.display()
+            );
+            let _ = Command::new("udevadm").args(["settle", "-t", "2"]).status();
+        }
+        Stick {
+            image,
+            devnode,
+            uuid,
+            _dir: dir,
+        }
+    }
+
+    /// Read a file from the stick through a read-only mount of its own.
+    pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let mnt = tempfile::tempdir().expect("tempdir");
+        run(Command::new("mount")
+            .args(["-o", "ro"])
+            .arg(&self.devnode)
+            .arg(mnt.path()));
+        let bytes = std::fs::read(mnt.path().join(name)).ok();
+        run(Command::new("umount").arg(mnt.path()));
+        bytes
+    }
+
+    pub fn devnode(&self) -> &str {
+        self.devnode.to_str().expect("utf-8 devnode")
+    }
+}
+
+impl Drop for Stick {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.devnode).status();
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.devnode)
+            .status();
+    }
+}
+
+fn du_mb(dir: &Path) -> u64 {
+    let out = Command::new("du").arg("-sm").arg(dir).output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(64)
+}
+
+/// A random UUID for the filesystem, so parallel tests never share a mount point.
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
