@@ -331,7 +331,14 @@ pub fn watch(sources: &Sources) -> Result<()> {
             });
         }
         if let Some(w) = dirs.as_mut() {
-            if let Some(bundle) = w.next(Duration::from_millis(10))? {
+            if let Some(root) = w.next(Duration::from_millis(10))? {
+                let bundle = match media::find_bundle(&root, ctx.policy.media.bundle.as_deref()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("{}: {}", root.display(), e.one_line());
+                        continue;
+                    }
+                };
                 tracing::info!(
                     "bundle in {}: not ours to mount; installing",
                     bundle.display()

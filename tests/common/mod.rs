@@ -7,6 +7,7 @@ pub mod apps;
 pub mod dockerd;
 pub mod scene;
 pub mod stick;
+pub mod udev;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

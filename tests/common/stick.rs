@@ -23,46 +23,17 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Start systemd-udevd unless it runs; it stays up for the other tests.
-pub fn ensure_udevd() {
-    if Path::new("/run/udev/control").exists()
-        && Command::new("udevadm")
-            .args(["control", "--ping"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        return;
-    }
-    let daemon = [
-        "/lib/systemd/systemd-udevd",
-        "/usr/lib/systemd/systemd-udevd",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("systemd-udevd (package udev)");
-    run(Command::new(daemon).arg("--daemon"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Command::new("udevadm")
-        .args(["control", "--ping"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(Instant::now() < deadline, "udevd did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 impl Stick {
     /// A stick whose root holds a copy of `content` (the directory's entries).
     pub fn with(content: &Path, label: &str) -> Stick {
-        ensure_udevd();
+        super::udev::ensure_udevd();
         let dir = tempfile::tempdir().expect("tempdir");
         let image = dir.path().join("stick.img");
         let size = 64 + du_mb(content) * 2;
         run(Command::new("truncate")
             .arg(format!("-s{size}M"))
             .arg(&image));
-        let uuid = uuid_like();
+        let uuid = super::udev::fresh_uuid();
         run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", label, "-U", &uuid, "-d"])
             .arg(content)
@@ -134,18 +105,4 @@ fn du_mb(dir: &Path) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(64)
-}
-
-/// A random UUID for the filesystem, so parallel tests never share a mount point.
-fn uuid_like() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }

@@ -1,0 +1,357 @@
+//! The automatic flow end to end: a real udevd, ext4 sticks on loop devices, a real (private)
+//! dockerd, a real OSTree sysroot; reboot and Docker restart are the policy's commands, here
+//! scripts that log what they were asked to do, and the reboot is then simulated.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::apps::{app, AppScene, T};
+use common::scene::{deployments, state};
+use common::stick::Stick;
+use usb_update::gen::AppSpec;
+
+struct Rig {
+    s: AppScene,
+    root: PathBuf,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let s = AppScene::new(None);
+        let root = s.d.tmp.path().to_path_buf();
+        // A console is never created by the agent (it could be /dev/...): it must exist.
+        std::fs::write(root.join("console"), "").unwrap();
+        let led = root.join("leds/status");
+        std::fs::create_dir_all(&led).unwrap();
+        for f in ["trigger", "brightness", "delay_on", "delay_off"] {
+            std::fs::write(led.join(f), "").unwrap();
+        }
+        let log = |what: &str| {
+            format!(
+                "[\"sh\", \"-c\", \"echo {what} >> {}\"]",
+                root.join("actions").display()
+            )
+        };
+        std::fs::write(
+            s.d.policy.join("20-agent.toml"),
+            format!(
+                "[agent]\nrun_dir = \"{run}\"\nreboot_command = {reboot}\n\
+                 docker_restart_command = {docker}\naklite_unit = \"\"\n\n\
+                 [media]\nrequire_usb = false\n\n\
+                 [feedback]\nleds_path = \"{leds}\"\nleds = [\"status\"]\nconsoles = [\"{console}\"]\n",
+                run = root.join("run/usb-update").display(),
+                reboot = log("reboot"),
+                docker = log("docker-restart"),
+                leds = root.join("leds").display(),
+                console = root.join("console").display(),
+            ),
+        )
+        .unwrap();
+        Rig { s, root }
+    }
+
+    fn agent(&self, args: &[&str]) -> Out {
+        let (sub, rest) = args.split_first().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .args(["agent", sub, "-c"])
+            .arg(&self.s.d.conf)
+            .arg("-p")
+            .arg(&self.s.d.policy)
+            .args(rest)
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn handle(&self, stick: &Stick) -> Out {
+        self.agent(&["handle", stick.devnode()])
+    }
+
+    fn actions(&self) -> String {
+        std::fs::read_to_string(self.root.join("actions")).unwrap_or_default()
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.root.join("console")).unwrap_or_default()
+    }
+
+    fn phase(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.root.join("run/usb-update/status.json")).unwrap(),
+        )
+        .unwrap();
+        v["phase"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The stick's report, parsed.
+    fn report(&self, stick: &Stick) -> serde_json::Value {
+        let host = nix::unistd::gethostname().unwrap();
+        let name = format!("usb-update-report-{}.json", host.to_string_lossy());
+        let bytes = stick
+            .read(&name)
+            .unwrap_or_else(|| panic!("no {name} on the stick"));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+#[track_caller]
+fn code(o: &Out, want: i32) {
+    assert_eq!(o.code, want, "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+}
+
+/// A stick holding `bundle` one directory down, as operators copy it.
+fn stick_with(bundle: &Path) -> Stick {
+    let content = tempfile::tempdir().unwrap();
+    let dst = content.path().join("update");
+    copy_dir(bundle, &dst);
+    std::fs::write(content.path().join("._update"), b"AppleDouble noise").unwrap();
+    Stick::with(content.path(), "UPDATE")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn stick_installs_reboots_and_finalizes() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let stick = stick_with(b.path());
+    let o = r.handle(&stick);
+    code(&o, 100);
+    assert_eq!(r.actions(), "reboot\n");
+    let console = r.console();
+    for line in [
+        "do not remove it",
+        "installed: ",
+        "the stick can be removed",
+        "rebooting",
+    ] {
+        assert!(console.contains(line), "{line}: {console}");
+    }
+    assert_eq!(r.phase(), "safe_to_remove");
+    let report = r.report(&stick);
+    assert_eq!(report["exit_code"], 100);
+    assert_eq!(report["bundle"], "update");
+    assert!(report["error"].is_null(), "{report}");
+    // Nothing left mounted.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&stick.uuid), "{mounts}");
+
+    r.s.reboot_into("2", "boot-1");
+    let o = r.agent(&["finalize"]);
+    code(&o, 0);
+    assert_eq!(r.phase(), "success");
+    assert_eq!(r.s.running().keys().collect::<Vec<_>>(), ["app-01"]);
+    assert!(!r.s.d.state_dir().join("pending").exists());
+
+    // Left in across the reboot: announced again at boot, not installed again.
+    let history = state(&r.s.d)["history"].as_array().unwrap().len();
+    let o = r.handle(&stick);
+    code(&o, 0);
+    assert!(
+        r.console().contains("left in across the reboot"),
+        "{}",
+        r.console()
+    );
+    assert_eq!(state(&r.s.d)["history"].as_array().unwrap().len(), history);
+    assert_eq!(r.actions(), "reboot\n");
+}
+
+#[test]
+fn apps_only_stick_restarts_docker_without_reboot() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b =
+        r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    let stick = stick_with(b.path());
+    let o = r.handle(&stick);
+    code(&o, 0);
+    assert_eq!(r.actions(), "docker-restart\n");
+    assert_eq!(r.phase(), "success");
+    assert_eq!(r.s.running().keys().collect::<Vec<_>>(), ["app-01"]);
+    assert_eq!(deployments(&r.s.d).len(), 1);
+    let report = r.report(&stick);
+    assert_eq!(report["exit_code"], 0);
+}
+
+#[test]
+fn tampered_bundle_is_refused_with_error_pattern_and_report() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let path = b.path().join("tuf/targets.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("\"version\"", "\"versiom\"", 1);
+    std::fs::write(&path, text).unwrap();
+    let stick = stick_with(b.path());
+    let o = r.handle(&stick);
+    assert!(o.code == 11 || o.code == 4, "{}{}", o.stdout, o.stderr);
+    assert_eq!(r.phase(), "error");
+    let report = r.report(&stick);
+    assert_eq!(report["exit_code"], o.code);
+    assert!(
+        report["error"].as_str().unwrap().contains("targets.json"),
+        "{report}"
+    );
+    assert_eq!(deployments(&r.s.d).len(), 1);
+    assert!(r.actions().is_empty());
+}
+
+#[test]
+fn operator_signature_missing_or_untrusted_is_refused() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let k = keys.path().join(name);
+        let st = Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&k)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        k
+    };
+    let (trusted, other) = (key("trusted.pem"), key("other.pem"));
+    let public = |k: &Path| {
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(k)
+            .output()
+            .unwrap();
+        hex::encode(&out.stdout[out.stdout.len() - 32..])
+    };
+    std::fs::write(
+        r.s.d.policy.join("30-signature.toml"),
+        format!(
+            "[signature]\nrequired = true\ntrusted_keys = [\"{}\"]\n",
+            public(&trusted)
+        ),
+    )
+    .unwrap();
+
+    let unsigned = stick_with(b.path());
+    let o = r.handle(&unsigned);
+    code(&o, 105);
+    assert_eq!(r.phase(), "error");
+    assert!(r.report(&unsigned)["error"]
+        .as_str()
+        .unwrap()
+        .contains("signature"));
+    drop(unsigned);
+
+    let sign = |k: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .args(["bundle", "sign", "--key"])
+            .arg(k)
+            .arg(b.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sign(&other);
+    let wrong = stick_with(b.path());
+    code(&r.handle(&wrong), 105);
+    drop(wrong);
+    assert_eq!(deployments(&r.s.d).len(), 1);
+
+    sign(&trusted);
+    let good = stick_with(b.path());
+    code(&r.handle(&good), 100);
+}
+
+#[test]
+fn second_stick_while_busy_gets_busy_and_installs_nothing() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let stick = stick_with(b.path());
+    let lock = r.s.d.tmp.path().join("run/lock/aklite.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let mut holder = Command::new("flock")
+        .arg("--no-fork")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    // Wait until the holder has the lock: flock -n fails then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline);
+    }
+    let o = r.handle(&stick);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    code(&o, 30);
+    assert_eq!(r.phase(), "busy");
+    assert!(
+        r.console().contains("another updater holds"),
+        "{}",
+        r.console()
+    );
+    assert_eq!(deployments(&r.s.d).len(), 1);
+    assert!(r.actions().is_empty());
+}
+
+#[test]
+fn stick_left_in_after_a_rollback_is_not_tried_again() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let bad = AppSpec::busybox_running(&f, "app-02", "bad", "exit 3", true);
+    let b =
+        r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2"), bad])]);
+    let stick = stick_with(b.path());
+    code(&r.handle(&stick), 100);
+    r.s.reboot_into("2", "boot-1");
+    let o = r.agent(&["finalize"]);
+    code(&o, 100);
+    assert_eq!(r.actions(), "reboot\nreboot\n");
+    r.s.reboot_into("1", "boot-2");
+    code(&r.agent(&["finalize"]), 0);
+    assert_eq!(r.phase(), "success");
+    // At boot the stick is announced again: not a new insertion.
+    let o = r.handle(&stick);
+    code(&o, 0);
+    assert!(
+        r.console().contains("left in across the reboot"),
+        "{}",
+        r.console()
+    );
+    // Inserted again by hand: the target failed here, the policy refuses it.
+    let o = r.handle(&stick);
+    code(&o, 103);
+    assert_eq!(r.actions(), "reboot\nreboot\n");
+}
