@@ -181,7 +181,14 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         Err(e) => Err(e),
     };
     aklite.start(&ctx.policy);
-    report.after = current_name(&ctx.sources);
+    // What the device runs (or will, after the reboot), not what it ran.
+    report.after = match &outcome {
+        Ok(_) => install_report
+            .selected
+            .as_ref()
+            .map(|c| format!("{} ({})", c.name, crate::policy::fmt_version(c.version))),
+        Err(_) => report.before.clone(),
+    };
     outcome
 }
 
