@@ -237,29 +237,6 @@ fn run_run(sources: &Sources, json: bool) -> u8 {
     code
 }
 
-fn run_current(sources: &Sources, json: bool) -> u8 {
-    match crate::current::current(&sources.config) {
-        Ok(c) => {
-            let text = if json {
-                serde_json::to_string(&c)
-                    .map(|s| s + "\n")
-                    .unwrap_or_default()
-            } else {
-                crate::current::human_lines(&c)
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect()
-            };
-            print_out(&text);
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {}", e.one_line());
-            e.code().as_u8()
-        }
-    }
-}
-
 fn agent_sources(s: &Sources) -> crate::agent::Sources {
     crate::agent::Sources {
         config: s.config.clone(),
@@ -286,18 +263,36 @@ fn run_agent(command: AgentCommand) -> u8 {
     }
 }
 
+fn run_current(sources: &Sources, json: bool) -> u8 {
+    print_view(
+        crate::current::current(&sources.config),
+        json,
+        crate::current::human_lines,
+    )
+}
+
 fn run_status(sources: &Sources, json: bool) -> u8 {
-    match crate::status::status(&sources.config, &sources.policy) {
+    print_view(
+        crate::status::status(&sources.config, &sources.policy),
+        json,
+        crate::status::human_lines,
+    )
+}
+
+/// A read-only command's answer: one JSON object or its human lines; an error on stderr.
+fn print_view<T: serde::Serialize>(
+    view: crate::Result<T>,
+    json: bool,
+    lines: fn(&T) -> Vec<String>,
+) -> u8 {
+    match view {
         Ok(v) => {
             let text = if json {
                 serde_json::to_string(&v)
                     .map(|s| s + "\n")
                     .unwrap_or_default()
             } else {
-                crate::status::human_lines(&v)
-                    .into_iter()
-                    .map(|l| l + "\n")
-                    .collect()
+                lines(&v).into_iter().map(|l| l + "\n").collect()
             };
             print_out(&text);
             0
