@@ -144,6 +144,12 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     report
         .durations
         .insert("install".into(), t.elapsed().as_secs_f64());
+    // install reports a waiting boot firmware update as an error (nothing was done), but
+    // for the agent it is a step: reboot, then install again from the same stick.
+    let result = result.or_else(|e| match e.code() {
+        Code::BootFirmware => Ok(Code::BootFirmware),
+        _ => Err(e),
+    });
     let decision = install_report.decision.clone().unwrap_or_default();
     let outcome = match result {
         Ok(Code::Ok) => Ok(Outcome {

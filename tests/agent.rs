@@ -355,3 +355,65 @@ fn stick_left_in_after_a_rollback_is_not_tried_again() {
     code(&o, 103);
     assert_eq!(r.actions(), "reboot\nreboot\n");
 }
+
+#[test]
+fn aktualizr_lite_is_stopped_for_the_update_and_started_after() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    // A systemctl that logs its calls and says the unit is active.
+    let systemctl = r.root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> {}\n",
+            r.root.join("actions").display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&systemctl)
+        .status()
+        .unwrap();
+    std::fs::write(
+        r.s.d.policy.join("30-aklite.toml"),
+        format!(
+            "[agent]\nsystemctl = \"{}\"\naklite_unit = \"aktualizr-lite.service\"\n",
+            systemctl.display()
+        ),
+    )
+    .unwrap();
+    let stick = stick_with(b.path());
+    code(&r.handle(&stick), 100);
+    assert_eq!(
+        r.actions(),
+        "systemctl is-active --quiet aktualizr-lite.service\n\
+         systemctl stop aktualizr-lite.service\n\
+         systemctl start aktualizr-lite.service\n\
+         reboot\n"
+    );
+}
+
+#[test]
+fn boot_firmware_pending_reboots_then_the_same_stick_installs() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let env = r.s.d.sysroot.join(".usb-update-sim/bootenv");
+    std::fs::write(&env, "bootupgrade_available=1\nbootfirmware_version=4\n").unwrap();
+    let stick = stick_with(b.path());
+    code(&r.handle(&stick), 90);
+    assert_eq!(r.actions(), "reboot\n");
+    assert_eq!(
+        deployments(&r.s.d).len(),
+        1,
+        "nothing deployed before the reboot"
+    );
+    // The reboot completes the firmware update; the stick is still in: installed this time.
+    std::fs::write(&env, "bootupgrade_available=0\nbootfirmware_version=4\n").unwrap();
+    r.s.reboot_into("1", "boot-1");
+    code(&r.handle(&stick), 100);
+    assert_eq!(r.actions(), "reboot\nreboot\n");
+    assert_eq!(deployments(&r.s.d).len(), 2);
+}
