@@ -417,3 +417,77 @@ fn boot_firmware_pending_reboots_then_the_same_stick_installs() {
     assert_eq!(r.actions(), "reboot\nreboot\n");
     assert_eq!(deployments(&r.s.d).len(), 2);
 }
+
+/// The stick pulled, as the kernel sees it: this kernel has no device-mapper, so the loop
+/// device shrinks to its first MiB and every read beyond fails with EIO.
+fn pull(stick: &Stick) {
+    let st = Command::new("truncate")
+        .args(["-s", "1M"])
+        .arg(&stick.image)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("losetup")
+        .args(["--set-capacity", stick.devnode()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // What was read before must not be served from the page cache.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+#[test]
+fn stick_pulled_mid_copy_is_50_and_the_next_stick_installs() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let stick = stick_with(b.path());
+    let images = r.s.image_ids();
+    let pause = r.root.join("paused");
+    let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+        .args(["agent", "handle", "-c"])
+        .arg(&r.s.d.conf)
+        .arg("-p")
+        .arg(&r.s.d.policy)
+        .arg(stick.devnode())
+        .env("USB_UPDATE_PAUSE_AT", "copy-blob")
+        .env("USB_UPDATE_PAUSE_FILE", &pause)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the copy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pull(&stick);
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    code(&o, 50);
+    assert!(o.stderr.contains("Input/output error"), "{}", o.stderr);
+    assert_eq!(r.phase(), "error");
+    // Nothing on the device changed: no deployment, nothing pending, no blob, no image.
+    assert_eq!(deployments(&r.s.d).len(), 1);
+    assert!(!r.s.d.state_dir().join("pending").exists());
+    let blobs = r.s.store().join("blobs/sha256");
+    assert!(
+        std::fs::read_dir(&blobs).map_or(true, |mut d| d.next().is_none()),
+        "blobs left in {}",
+        blobs.display()
+    );
+    assert_eq!(r.s.image_ids(), images);
+    drop(stick);
+
+    // The next stick works.
+    let good = stick_with(b.path());
+    code(&r.handle(&good), 100);
+}

@@ -178,6 +178,7 @@ impl Store {
                 src.describe()
             )));
         }
+        crate::failpoint::pause("copy-blob");
         let partial = self.blobs_dir().join(format!(".{hex}.partial"));
         let result = (|| {
             let mut to = OpenOptions::new()
