@@ -106,6 +106,63 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// `agent handle` in the background, held at its first blob copy (lock taken, LEDs on
+    /// "working") until [`Paused::go`].
+    fn handle_paused(&self, devnode: &Path) -> Paused {
+        let file = self.root.join("paused");
+        let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .args(["agent", "handle", "-c"])
+            .arg(&self.s.d.conf)
+            .arg("-p")
+            .arg(&self.s.d.policy)
+            .arg(devnode)
+            .env("USB_UPDATE_PAUSE_AT", "copy-blob")
+            .env("USB_UPDATE_PAUSE_FILE", &file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached the copy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Paused { child, file }
+    }
+
+    /// The LED's attributes: trigger, delay_on, delay_off.
+    fn led(&self) -> (String, String, String) {
+        let read = |f: &str| {
+            std::fs::read_to_string(self.root.join("leds/status").join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        (read("trigger"), read("delay_on"), read("delay_off"))
+    }
+}
+
+struct Paused {
+    child: std::process::Child,
+    file: PathBuf,
+}
+
+impl Paused {
+    fn go(self) -> Out {
+        std::fs::remove_file(&self.file).unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 #[track_caller]
 fn code(o: &Out, want: i32) {
     assert_eq!(o.code, want, "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
@@ -136,9 +193,14 @@ fn stick_installs_reboots_and_finalizes() {
     let f = r.s.f.name.clone();
     let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
     let stick = stick_with(b.path());
-    let o = r.handle(&stick);
+    let paused = r.handle_paused(&stick.devnode);
+    assert_eq!(r.phase(), "working");
+    assert_eq!(r.led(), ("timer".into(), "100".into(), "100".into()));
+    let o = paused.go();
     code(&o, 100);
     assert_eq!(r.actions(), "reboot\n");
+    // Safe to remove: the one steady pattern.
+    assert_eq!(r.led().0, "none");
     let console = r.console();
     for line in [
         "do not remove it",
@@ -161,6 +223,7 @@ fn stick_installs_reboots_and_finalizes() {
     let o = r.agent(&["finalize"]);
     code(&o, 0);
     assert_eq!(r.phase(), "success");
+    assert_eq!(r.led(), ("timer".into(), "1000".into(), "1000".into()));
     assert_eq!(r.s.running().keys().collect::<Vec<_>>(), ["app-01"]);
     assert!(!r.s.d.state_dir().join("pending").exists());
 
@@ -291,39 +354,34 @@ fn second_stick_while_busy_gets_busy_and_installs_nothing() {
     let mut r = Rig::new();
     let f = r.s.f.name.clone();
     let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
-    let stick = stick_with(b.path());
-    let lock = r.s.d.tmp.path().join("run/lock/aklite.lock");
-    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-    let mut holder = Command::new("flock")
-        .arg("--no-fork")
-        .arg(&lock)
-        .args(["sleep", "60"])
-        .spawn()
-        .unwrap();
-    // Wait until the holder has the lock: flock -n fails then.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Command::new("flock")
-        .args(["-n"])
-        .arg(&lock)
-        .arg("true")
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(std::time::Instant::now() < deadline);
-    }
-    let o = r.handle(&stick);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    let first = stick_with(b.path());
+    let second = stick_with(b.path());
+    // The first stick is installing (held at its copy, with the lock).
+    let paused = r.handle_paused(&first.devnode);
+    let o = r.handle(&second);
     code(&o, 30);
     assert_eq!(r.phase(), "busy");
+    assert_eq!(r.led(), ("timer".into(), "250".into(), "250".into()));
     assert!(
         r.console().contains("another updater holds"),
         "{}",
         r.console()
     );
-    assert_eq!(deployments(&r.s.d).len(), 1);
-    assert!(r.actions().is_empty());
+    assert!(r.report(&second)["error"]
+        .as_str()
+        .unwrap()
+        .contains("another updater holds"));
+    // The first goes on and installs; the second installed nothing.
+    code(&paused.go(), 100);
+    assert_eq!(deployments(&r.s.d).len(), 2);
+    assert_eq!(r.actions(), "reboot\n");
+    let installs = state(&r.s.d)["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["command"] == "install")
+        .count();
+    assert_eq!(installs, 1);
 }
 
 #[test]
@@ -443,35 +501,9 @@ fn stick_pulled_mid_copy_is_50_and_the_next_stick_installs() {
     let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
     let stick = stick_with(b.path());
     let images = r.s.image_ids();
-    let pause = r.root.join("paused");
-    let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .args(["agent", "handle", "-c"])
-        .arg(&r.s.d.conf)
-        .arg("-p")
-        .arg(&r.s.d.policy)
-        .arg(stick.devnode())
-        .env("USB_UPDATE_PAUSE_AT", "copy-blob")
-        .env("USB_UPDATE_PAUSE_FILE", &pause)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !pause.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reached the copy"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let paused = r.handle_paused(&stick.devnode);
     pull(&stick);
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let o = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = paused.go();
     code(&o, 50);
     assert!(o.stderr.contains("Input/output error"), "{}", o.stderr);
     assert_eq!(r.phase(), "error");
