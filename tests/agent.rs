@@ -163,6 +163,14 @@ impl Paused {
     }
 }
 
+/// A rig and a bundle of version 2 (a new rootfs) with app-01.
+fn rig_with_v2() -> (Rig, tempfile::TempDir) {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    (r, b)
+}
+
 #[track_caller]
 fn code(o: &Out, want: i32) {
     assert_eq!(o.code, want, "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
@@ -189,9 +197,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn stick_installs_reboots_and_finalizes() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let stick = stick_with(b.path());
     let paused = r.handle_paused(&stick.devnode);
     assert_eq!(r.phase(), "working");
@@ -259,9 +265,7 @@ fn apps_only_stick_restarts_docker_without_reboot() {
 
 #[test]
 fn tampered_bundle_is_refused_with_error_pattern_and_report() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let path = b.path().join("tuf/targets.json");
     let text = std::fs::read_to_string(&path)
         .unwrap()
@@ -283,9 +287,7 @@ fn tampered_bundle_is_refused_with_error_pattern_and_report() {
 
 #[test]
 fn operator_signature_missing_or_untrusted_is_refused() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let keys = tempfile::tempdir().unwrap();
     let key = |name: &str| {
         let k = keys.path().join(name);
@@ -351,9 +353,7 @@ fn operator_signature_missing_or_untrusted_is_refused() {
 
 #[test]
 fn second_stick_while_busy_gets_busy_and_installs_nothing() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let first = stick_with(b.path());
     let second = stick_with(b.path());
     // The first stick is installing (held at its copy, with the lock).
@@ -416,9 +416,7 @@ fn stick_left_in_after_a_rollback_is_not_tried_again() {
 
 #[test]
 fn aktualizr_lite_is_stopped_for_the_update_and_started_after() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     // A systemctl that logs its calls and says the unit is active.
     let systemctl = r.root.join("systemctl");
     std::fs::write(
@@ -455,9 +453,7 @@ fn aktualizr_lite_is_stopped_for_the_update_and_started_after() {
 
 #[test]
 fn boot_firmware_pending_reboots_then_the_same_stick_installs() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let env = r.s.d.sysroot.join(".usb-update-sim/bootenv");
     std::fs::write(&env, "bootupgrade_available=1\nbootfirmware_version=4\n").unwrap();
     let stick = stick_with(b.path());
@@ -496,9 +492,7 @@ fn pull(stick: &Stick) {
 
 #[test]
 fn stick_pulled_mid_copy_is_50_and_the_next_stick_installs() {
-    let mut r = Rig::new();
-    let f = r.s.f.name.clone();
-    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let (r, b) = rig_with_v2();
     let stick = stick_with(b.path());
     let images = r.s.image_ids();
     let paused = r.handle_paused(&stick.devnode);
