@@ -59,8 +59,13 @@ impl Rig {
     }
 
     fn agent(&self, args: &[&str]) -> Out {
+        self.agent_env(args, &[])
+    }
+
+    fn agent_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Out {
         let (sub, rest) = args.split_first().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .envs(env.iter().copied())
             .args(["agent", sub, "-c"])
             .arg(&self.s.d.conf)
             .arg("-p")
@@ -272,8 +277,27 @@ fn tampered_bundle_is_refused_with_error_pattern_and_report() {
         .replacen("\"version\"", "\"versiom\"", 1);
     std::fs::write(&path, text).unwrap();
     let stick = stick_with(b.path());
-    let o = r.handle(&stick);
+    // systemd's notification socket: `systemctl status` shows the STATUS= lines.
+    let notify = r.root.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let o = r.agent_env(&["handle", stick.devnode()], &[("NOTIFY_SOCKET", &notify)]);
     assert!(o.code == 11 || o.code == 4, "{}{}", o.stdout, o.stderr);
+    let mut buf = [0u8; 4096];
+    let mut statuses = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        statuses.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        statuses
+            .iter()
+            .any(|m| m.starts_with("STATUS=") && m.contains("do not remove it")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|m| m.starts_with("STATUS=error: ")),
+        "{statuses:?}"
+    );
     assert_eq!(r.phase(), "error");
     let report = r.report(&stick);
     assert_eq!(report["exit_code"], o.code);
