@@ -132,12 +132,25 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     report.before = current_name(&ctx.sources);
     let aklite = Aklite::stop(&ctx.policy)?;
     ctx.fb.step("verifying and installing the update");
+    // Progress comes from the copying threads: a feedback of its own (console lines and
+    // status.json percent), behind a mutex.
+    let mut progress_fb = Feedback::new(&ctx.policy);
+    progress_fb.pattern(Pattern::Working);
+    let sink = std::sync::Mutex::new(progress_fb);
+    let sink = std::sync::Arc::new(sink);
     let req = Request {
         config: ctx.sources.config.clone(),
         policy: ctx.sources.policy.clone(),
         src_dir: bundle.clone(),
         target: None,
         force: false,
+        progress: Some(crate::check::Progress(std::sync::Arc::new(
+            move |what: &str, done: u64, total: u64| {
+                if let Ok(mut fb) = sink.lock() {
+                    fb.progress(what, done, total);
+                }
+            },
+        ))),
     };
     let t = Instant::now();
     let (install_report, result) = crate::install::install(&req);
@@ -362,6 +375,7 @@ pub fn watch(sources: &Sources) -> Result<()> {
                     src_dir: bundle,
                     target: None,
                     force: false,
+                    progress: None,
                 };
                 let (r, _) = crate::install::install(&req);
                 tracing::info!("install returned {}", r.exit_code);

@@ -28,6 +28,24 @@ pub struct Request {
     pub target: Option<String>,
     /// `--force`: allow a downgrade (aklite-offline's meaning).
     pub force: bool,
+    /// Where `install` reports the progress of its long copies (the agent's console).
+    pub progress: Option<Progress>,
+}
+
+/// A progress sink: `(what, done, total)`, called from the copying threads.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>);
+
+impl Progress {
+    pub fn report(&self, what: &str, done: u64, total: u64) {
+        (self.0)(what, done, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 #[derive(Debug, Default, Serialize)]

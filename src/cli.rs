@@ -58,6 +58,7 @@ impl From<BundleArgs> for check::Request {
             src_dir: b.src_dir,
             target: b.target,
             force: b.force,
+            progress: None,
         }
     }
 }

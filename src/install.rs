@@ -21,7 +21,7 @@ use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
 /// Run `install`; the report says what was found, the result what was done.
 pub fn install(req: &Request) -> (Report, Result<Code>) {
     let (mut report, plan) = check::evaluate(req);
-    let result = plan.and_then(|plan| apply(plan, &mut report));
+    let result = plan.and_then(|plan| apply(plan, &mut report, req.progress.as_ref()));
     if let Err(e) = &result {
         report.error = Some(e.one_line());
         report.exit_code = e.code().as_u8();
@@ -29,7 +29,7 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     (report, result)
 }
 
-fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
+fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) -> Result<Code> {
     let _lock = UpdateLock::try_acquire(&plan.policy.agent.lock_file)?;
     let dir = plan.config.state_dir();
     // Re-read under the lock: another updater may have finished in between.
@@ -74,7 +74,10 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
                     "copying apps of {}: {}%",
                     target.name,
                     (p.done * 100).checked_div(p.total).unwrap_or(100)
-                )
+                );
+                if let Some(sink) = progress {
+                    sink.report("copying the apps", p.done, p.total);
+                }
             },
         )?;
         format!(
@@ -108,6 +111,9 @@ fn apply(plan: Plan, report: &mut Report) -> Result<Code> {
             target.name,
             p.percent()
         );
+        if let Some(sink) = progress {
+            sink.report("copying the rootfs", p.objects_done, p.objects_total);
+        }
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
     failpoint::hit("install-pulled");

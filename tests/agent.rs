@@ -215,6 +215,8 @@ fn stick_installs_reboots_and_finalizes() {
     let console = r.console();
     for line in [
         "do not remove it",
+        "copying the apps: 100%",
+        "copying the rootfs: 100%",
         "installed: ",
         "the stick can be removed",
         "rebooting",
