@@ -34,7 +34,10 @@ pub struct Request {
 
 /// A progress sink: `(what, done, total)`, called from the copying threads.
 #[derive(Clone)]
-pub struct Progress(pub std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>);
+pub struct Progress(pub std::sync::Arc<ProgressFn>);
+
+/// `(what, done, total)`.
+pub type ProgressFn = dyn Fn(&str, u64, u64) + Send + Sync;
 
 impl Progress {
     pub fn report(&self, what: &str, done: u64, total: u64) {
