@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(dest.join(&f).is_file(), "{}", f.display());
             }
         }
-        Err(_) => assert!(!dest.exists(), "refused, but the destination is still there"),
+        Err(_) => assert!(
+            !dest.exists(),
+            "refused, but the destination is still there"
+        ),
     }
     // Nothing beside the destination.
     let names: Vec<_> = std::fs::read_dir(tmp.path())

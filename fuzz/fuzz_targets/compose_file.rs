@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(format!("{repo}@sha256:{hex}"), text);
         }
     }
-    let Ok(file) = ComposeFile::parse(data, "fuzz") else { return };
+    let Ok(file) = ComposeFile::parse(data, "fuzz") else {
+        return;
+    };
     let images: BTreeMap<String, String> = file
         .services
         .iter()

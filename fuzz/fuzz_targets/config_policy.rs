@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(format!("{e:#}").contains("x.toml"), "{e:#}");
     }
     if let Err(e) = usb_update::policy::Policy::load(&paths) {
-        assert!(format!("{e:#}").contains("x.toml") || format!("{e:#}").starts_with("policy:"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("x.toml") || format!("{e:#}").starts_with("policy:"),
+            "{e:#}"
+        );
     }
 });

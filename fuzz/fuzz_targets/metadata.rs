@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(canonical::to_vec(&back).expect("canonical twice"), c);
         }
     }
-    let Ok(mut env) = meta::Envelope::parse(data) else { return };
+    let Ok(mut env) = meta::Envelope::parse(data) else {
+        return;
+    };
     let _ = env.version();
     let _ = env.expires();
     let _ = meta::Root::from_envelope(&env);
