@@ -226,7 +226,22 @@ impl LoopStick {
             devnode,
             partitioned: true,
         };
-        run("partx", &["-a", stick.loopdev.to_str().unwrap()]);
+        // A loop device reused right after another test may still serve that test's sector
+        // 0 from its buffer cache, and partx then finds no partition: flush and retry.
+        let dev = stick.loopdev.to_str().unwrap();
+        let sys = PathBuf::from("/sys/class/block").join(stick.kernel_name());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sys.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the kernel never saw {dev}'s partition"
+            );
+            run("blockdev", &["--flushbufs", dev]);
+            let _ = Command::new("partx").args(["-a", dev]).output();
+            if !sys.exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let uuid = fs.as_ref().map(|f| f.uuid.to_string());
         wait_udev(&stick.devnode, "the partition", |p| {
             p.get("DEVTYPE").map(String::as_str) == Some("partition")
