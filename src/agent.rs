@@ -259,6 +259,7 @@ fn finish(
         }
     };
     if ctx.policy.agent.report {
+        crate::failpoint::pause("write-report");
         let log = ctx.fb.lines();
         let written = mount.with_writable(|root| crate::status::write_report(root, &report, &log));
         match written {

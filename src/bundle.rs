@@ -106,6 +106,17 @@ impl Bundle {
             Err(Errno::ELOOP) => Err(self.hostile(rel, "is or passes through a symlink")),
             Err(Errno::EXDEV) => Err(self.hostile(rel, "leads outside the bundle")),
             Err(Errno::ENOTDIR) => Err(self.hostile(rel, "has a file where a directory belongs")),
+            // A pulled stick's ext4 answers lookups with ENOMEM as well as EIO: the errno
+            // alone would send the operator looking for a memory problem.
+            Err(e @ (Errno::EIO | Errno::ENOMEM | Errno::ENODEV | Errno::ENXIO)) => {
+                Err(Error::new(
+                    Code::Copy,
+                    format!(
+                        "bundle {}: {rel}: the medium cannot be read ({e}): was the stick removed?",
+                        self.path.display()
+                    ),
+                ))
+            }
             Err(e) => Err(Error::new(
                 Code::Copy,
                 format!("bundle {}: {rel}: {e}", self.path.display()),

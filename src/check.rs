@@ -126,6 +126,8 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         .clone()
         .unwrap_or_else(|| device.tags.clone());
     let bundle = Bundle::open(&req.src_dir)?;
+    // Fault tests pull the stick here, before any TUF file is read.
+    crate::failpoint::pause("read-metadata");
     let rules = BundleRules {
         device_type: device.bundle_type(),
         allowed_tags: &allowed_tags,

@@ -117,6 +117,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
     failpoint::hit("install-pulled");
+    failpoint::pause("deploy");
     bootenv.update_notify()?;
     let deployment = match ostree::deployments(pacman)?.into_iter().next() {
         // A crash after the deployment and before the pending record: reuse it.
@@ -174,6 +175,7 @@ fn record(
     msg: String,
     report: &mut Report,
 ) -> Result<Code> {
+    failpoint::pause("record");
     let dir = plan.config.state_dir();
     let tuf = State::tuf_dir(&dir);
     for (name, bytes) in &plan.verified.to_store {

@@ -147,6 +147,7 @@ fn load_images(engine: &Engine, store: &Store, apps: &[App]) -> Result<usize> {
             engine.tag(&image.id(), &image.tag())?;
             continue;
         }
+        crate::failpoint::pause("load-image");
         engine.load(&ImageToLoad {
             tag: image.tag(),
             config_digest: image.config.digest.clone(),
@@ -261,6 +262,7 @@ pub fn start(
             Ok(d) => d,
             Err(e) => return Ok(Err(format!("{e:#}"))),
         };
+        crate::failpoint::pause("compose-up");
         if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
             return Ok(Err(format!("app {}: {e:#}", app.name)));
         }

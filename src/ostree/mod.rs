@@ -263,7 +263,9 @@ fn is_commit_checksum(s: &str) -> bool {
 /// reserve), as aktualizr recognises them.
 fn is_no_space(e: &glib::Error) -> bool {
     let msg = e.message();
-    e.matches(gio::IOErrorEnum::NoSpace)
+    // GIO files ENOMEM under NoSpace too, and a pulled stick's ext4 answers with ENOMEM:
+    // that is a medium failing (50), not a full disk.
+    (e.matches(gio::IOErrorEnum::NoSpace) && !msg.contains("Cannot allocate memory"))
         || msg.contains("No space left on device")
         || (msg.contains("min-free-space") && msg.contains("would be exceeded"))
         || (msg.contains("Delta requires") && msg.contains("free space"))
@@ -515,6 +517,11 @@ mod tests {
         );
         assert!(is_no_space(&e));
         let e = glib::Error::new(gio::IOErrorEnum::Failed, "Corrupted file object");
+        assert!(!is_no_space(&e));
+        let e = glib::Error::new(
+            gio::IOErrorEnum::NoSpace,
+            "opening repo: openat(config): Cannot allocate memory",
+        );
         assert!(!is_no_space(&e));
     }
 }

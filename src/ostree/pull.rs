@@ -291,10 +291,17 @@ fn pull_in_thread(
         );
         if is_no_space(&e) {
             Error::new(Code::NoSpace, msg)
+        } else if ["Input/output error", "Cannot allocate memory"]
+            .iter()
+            .any(|m| e.message().contains(m))
+        {
+            Error::new(Code::Copy, format!("{msg}: was the stick removed?"))
         } else {
             Error::new(Code::Copy, msg)
         }
     };
+    // Fault tests pull the stick or fill the disk here: the plan read the commit's tree.
+    crate::failpoint::pause("pull-rootfs");
     repo.prepare_transaction(none)
         .map_err(|e| failed(e, &repo))?;
     if let Err(e) = repo.pull_with_options(&url, &options, Some(&async_progress), none) {
