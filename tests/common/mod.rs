@@ -3,8 +3,10 @@
 //! and fingerprints of whole trees to show that nothing changed.
 #![allow(dead_code)]
 
+pub mod agent_rig;
 pub mod apps;
 pub mod dockerd;
+pub mod faults;
 pub mod scene;
 pub mod stick;
 pub mod udev;
