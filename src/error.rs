@@ -64,7 +64,25 @@ pub enum Error {
     Coded { code: Code, msg: String },
     /// Anything unexpected (I/O on the device, libostree, bugs): exit 1, with its context chain.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Error {
+    /// A full disk anywhere in the chain (a state file, the bootloader environment, the
+    /// trusted metadata) is the documented 60, not an internal error.
+    fn from(e: anyhow::Error) -> Error {
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                io.kind() == std::io::ErrorKind::StorageFull
+                    || io.raw_os_error() == Some(nix::libc::EDQUOT)
+            })
+        });
+        if full {
+            Error::new(Code::NoSpace, format!("{e:#}").replace('\n', " "))
+        } else {
+            Error::Internal(e)
+        }
+    }
 }
 
 impl Error {

@@ -117,13 +117,21 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
     failpoint::hit("install-pulled");
-    failpoint::pause("deploy");
     bootenv.update_notify()?;
+    failpoint::pause("deploy");
+    let mut undo = Undo {
+        pacman,
+        bootenv: &bootenv,
+        commit: &target.ostree,
+        deployed: false,
+        done: false,
+    };
     let deployment = match ostree::deployments(pacman)?.into_iter().next() {
         // A crash after the deployment and before the pending record: reuse it.
         Some(d) if d.csum == target.ostree && rollback_deployment.as_deref() != Some(&d.csum) => d,
         _ => ostree::deploy(pacman, &target.ostree)?,
     };
+    undo.deployed = true;
     failpoint::hit("install-deployed");
     bootenv.check_boot_firmware(&deployment.path)?;
     let pulled = if stats.skipped {
@@ -152,7 +160,41 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     };
     // No global sync(): the objects and the deployment were synced by libostree, and
     // every file of ours is fsynced with its directory.
-    record(&plan, &mut state, pending, Code::NeedsReboot, msg, report)
+    let recorded = record(&plan, &mut state, pending, Code::NeedsReboot, msg, report);
+    undo.done = recorded.is_ok();
+    recorded
+}
+
+/// A failure after boot counting was armed (a full disk at the deploy or at the records):
+/// disarm it and take the new deployment back, or the next boot would start an update
+/// nobody recorded, and a device that reboots often would count its way into the rollback
+/// deployment. A crash skips this; the next attempt converges instead (tests/crash.rs).
+struct Undo<'a> {
+    pacman: &'a crate::config::Pacman,
+    bootenv: &'a BootEnv,
+    commit: &'a str,
+    deployed: bool,
+    done: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.deployed {
+            match ostree::remove_deployment(self.pacman, self.commit) {
+                Ok(()) => tracing::warn!(
+                    "install failed: the deployment of {} is taken back",
+                    self.commit
+                ),
+                Err(e) => tracing::error!("install failed, and its deployment stays: {e:#}"),
+            }
+        }
+        if let Err(e) = self.bootenv.set_boot_ok() {
+            tracing::error!("install failed, and boot counting stays armed: {e:#}");
+        }
+    }
 }
 
 fn installed(target: &crate::select::Candidate) -> InstalledTarget {
