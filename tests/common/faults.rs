@@ -230,10 +230,19 @@ impl Snapshot {
 
     #[track_caller]
     pub fn assert_same(&self, now: Option<Vec<String>>) {
+        self.assert_same_but(now, &[]);
+    }
+
+    /// [`Snapshot::assert_same`], except for what is under the paths of `expected`.
+    #[track_caller]
+    pub fn assert_same_but(&self, now: Option<Vec<String>>, expected: &[&Path]) {
         let mut diff = Vec::new();
         for (root, before) in &self.trees {
             let after = tree(root);
-            for (k, v) in before {
+            let skip = |k: &Path| expected.iter().any(|e| root.join(k).starts_with(e));
+            let before: BTreeMap<_, _> = before.iter().filter(|(k, _)| !skip(k)).collect();
+            let after: BTreeMap<_, _> = after.iter().filter(|(k, _)| !skip(k)).collect();
+            for (k, v) in &before {
                 match after.get(k) {
                     None => diff.push(format!("- {}", root.join(k).display())),
                     Some(w) if w != v => {
@@ -242,7 +251,7 @@ impl Snapshot {
                     _ => {}
                 }
             }
-            for k in after.keys().filter(|k| !before.contains_key(*k)) {
+            for k in after.keys().filter(|k| !before.contains_key(**k)) {
                 diff.push(format!("+ {}", root.join(k).display()));
             }
         }

@@ -1,0 +1,125 @@
+//! The Docker engine going away: stopped while `install` loads the images, before `run`'s
+//! compose `up`, and stopped while the compose CLI's `up` is creating containers. Expected:
+//! 52, nothing lost, the work still pending for `run`, and the retry succeeds once the
+//! engine is back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::apps::{app, AppScene, T};
+use common::faults::{self, code, usb_update, Out, Snapshot};
+use common::scene::{deployments, state};
+
+fn out(r: common::Run) -> Out {
+    Out {
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    }
+}
+
+#[track_caller]
+fn pending_untouched(s: &AppScene, target: &str) {
+    let st = state(&s.d);
+    assert_eq!(st["pending"]["target"]["name"], target);
+    assert!(st["failed"].as_array().is_none_or(|f| f.is_empty()), "{st}");
+}
+
+#[test]
+fn engine_stopped_during_the_image_load_is_52_and_the_retry_installs() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let images = s.image_ids();
+
+    let cmd = usb_update(
+        &s.d,
+        &["install"],
+        &["--src-dir", b.path().to_str().unwrap()],
+    );
+    let paused = faults::spawn_paused(cmd, "load-image", &s.d.tmp.path().join("paused"));
+    s.docker.stop();
+    let o = paused.go();
+    code(&o, 52);
+    assert!(
+        o.error().starts_with(&format!(
+            "lost the Docker engine at {} while loading image ",
+            s.docker.socket().display()
+        )),
+        "{}",
+        o.error()
+    );
+    // The blobs are in the store (verified; the retry skips them); nothing else changed.
+    assert_eq!(deployments(&s.d), vec![s.commits["1"].clone()]);
+    assert!(!s.d.state_dir().join("pending").exists());
+    s.docker.restart();
+    assert_eq!(s.image_ids(), images);
+
+    let r = s.install(b.path());
+    code(&out(r), 100);
+    assert_eq!(deployments(&s.d)[0], s.commits["2"]);
+}
+
+/// An apps-only update installed (101); `run` held before compose `up`, the engine stopped.
+#[test]
+fn engine_stopped_before_compose_up_is_52_and_stays_pending() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    code(&out(s.install(b.path())), 101);
+    let before = Snapshot::take(&s.d, None);
+
+    let cmd = usb_update(&s.d, &["run"], &[]);
+    let paused = faults::spawn_paused(cmd, "compose-up", &s.d.tmp.path().join("paused"));
+    s.docker.stop();
+    let o = paused.go();
+    code(&o, 52);
+    assert!(o.error().contains("is not reachable"), "{}", o.error());
+    pending_untouched(&s, "intel-corei7-64-lmp-2");
+    assert_eq!(deployments(&s.d), vec![s.commits["1"].clone()]);
+    // run's first step put the project in place; the retry puts it there again.
+    before.assert_same_but(None, &[&s.compose_root().join("app-01")]);
+
+    s.docker.restart();
+    code(&out(s.run()), 0);
+    assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
+}
+
+/// The engine stopped while the compose CLI's `up` runs, once the app's container exists
+/// (SIGTERM: after a SIGKILL its containerd lingers and this rig cannot start it again).
+#[test]
+fn engine_stopped_during_compose_up_is_52_and_stays_pending() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    code(&out(s.install(b.path())), 101);
+    let before = Snapshot::take(&s.d, None);
+
+    let cmd = usb_update(&s.d, &["run"], &[]);
+    let paused = faults::spawn_paused(cmd, "compose-up", &s.d.tmp.path().join("paused"));
+    let engine = s.engine();
+    let waiting = std::thread::spawn(move || paused.go());
+    // Compose creates the project's container, then starts it: stop the engine between.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine
+        .project_containers("app-01")
+        .map_or(true, |c| c.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "compose never created a container"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.docker.stop();
+    let o = waiting.join().unwrap();
+    code(&o, 52);
+    pending_untouched(&s, "intel-corei7-64-lmp-2");
+    // run's first step put the project in place; the retry puts it there again.
+    before.assert_same_but(None, &[&s.compose_root().join("app-01")]);
+
+    s.docker.restart();
+    code(&out(s.run()), 0);
+    assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
+}
