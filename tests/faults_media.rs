@@ -170,3 +170,57 @@ fn no_partial_blobs(r: &Rig) -> bool {
             .all(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
     })
 }
+
+/// aktualizr-lite holds the update lock (`[agent] lock_file`) when the stick comes: busy
+/// (30, the busy pattern), nothing installed; once it lets go, the same stick installs.
+#[test]
+fn stick_while_aktualizr_lite_holds_the_lock_is_busy_then_installs() {
+    let mut r = Rig::new();
+    let f = r.s.f.name.clone();
+    let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let stick = stick_with(b.path());
+    let before = Snapshot::take(&r.s.d, Some(r.s.image_ids()));
+    let lock = r.s.d.tmp.path().join("run/lock/aklite.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg("--no-fork")
+        .arg(&lock)
+        .args(["sleep", "120"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::process::Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "flock never held");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    let o = r.handle(&stick);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    code(&o, 30);
+    assert_eq!(r.phase(), "busy");
+    assert_eq!(r.led(), led("timer", "250", "250"));
+    let console = r.console();
+    assert!(console.contains("another updater holds"), "{console}");
+    assert!(console.contains(&lock.display().to_string()), "{console}");
+    let report = r.report(&stick).expect("a report");
+    assert_eq!(report["exit_code"], 30);
+    assert!(report["error"]
+        .as_str()
+        .unwrap()
+        .contains("another updater holds"));
+    // The report went onto the stick; the device is as it was.
+    before.assert_same(Some(r.s.image_ids()));
+    assert!(r.actions().is_empty());
+
+    code(&r.handle(&stick), 100);
+    assert_eq!(deployments(&r.s.d)[0], r.s.commits["2"]);
+    assert_eq!(r.actions(), "reboot\n");
+}
