@@ -123,3 +123,88 @@ fn engine_stopped_during_compose_up_is_52_and_stays_pending() {
     code(&out(s.run()), 0);
     assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
 }
+
+/// The engine restarted under the compose CLI's `up` (as systemd restarts a dockerd that
+/// died): away while `up` runs, back before `run` decides. A good target must not be
+/// called failed, rolled back and denylisted for it: `up` is tried once more and the
+/// update completes.
+#[test]
+fn engine_restarted_during_compose_up_is_not_an_app_failure() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    code(&out(s.install(b.path())), 101);
+    // The real compose CLI behind a hold: the first `up` waits at `before` until the test
+    // removes it, runs, then waits at `after` (a test hook, not a stand-in).
+    let hold = s.d.tmp.path().join("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v docker-compose"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = s.d.tmp.path().join("compose-with-hold");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nH={h}\ncase \" $* \" in *\" up \"*)\n\
+             if rm \"$H/armed\" 2>/dev/null; then\n\
+             touch \"$H/before\"; while [ -e \"$H/before\" ]; do sleep 0.02; done\n\
+             {real} \"$@\"; rc=$?\n\
+             touch \"$H/after\"; while [ -e \"$H/after\" ]; do sleep 0.02; done\n\
+             exit $rc\nfi;;\nesac\nexec {real} \"$@\"\n",
+            h = hold.display(),
+            real = real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let conf = s.d.conf.join("sota.toml");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        "[pacman]\n",
+        &format!("[pacman]\ndocker_compose_bin = \"{}\"\n", wrapper.display()),
+    );
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(hold.join("armed"), "").unwrap();
+
+    let run = std::thread::spawn({
+        let cmd = usb_update(&s.d, &["run"], &[]);
+        move || {
+            let mut cmd = cmd;
+            let o = cmd.output().unwrap();
+            Out {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            }
+        }
+    });
+    let wait_for = |p: &std::path::Path| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !p.exists() {
+            assert!(Instant::now() < deadline, "never reached {}", p.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(&hold.join("before"));
+    s.docker.stop();
+    std::fs::remove_file(hold.join("before")).unwrap();
+    wait_for(&hold.join("after"));
+    s.docker.restart();
+    std::fs::remove_file(hold.join("after")).unwrap();
+    let o = run.join().unwrap();
+    code(&o, 0);
+    assert!(o.stderr.contains("trying once more"), "{}", o.stderr);
+    let st = state(&s.d);
+    assert!(st["pending"].is_null(), "{st}");
+    assert_eq!(st["current"]["name"], "intel-corei7-64-lmp-2");
+    assert!(st["failed"].as_array().is_none_or(|f| f.is_empty()), "{st}");
+    assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
+}

@@ -264,7 +264,17 @@ pub fn start(
         };
         crate::failpoint::pause("compose-up");
         if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
-            return Ok(Err(format!("app {}: {e:#}", app.name)));
+            // The engine may have gone away under compose, and come back (systemd restarts
+            // it): not the app's fault. Still away: 52, the work stays pending; back: `up`
+            // once more (it is idempotent) before calling the app failed and rolling back.
+            Engine::connect_to(engine.host())?;
+            tracing::warn!(
+                "app {}: {e:#}: the engine answers, trying once more",
+                app.name
+            );
+            if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
+                return Ok(Err(format!("app {}: {e:#}", app.name)));
+            }
         }
         expected.push(health::Expected {
             app: app.name.clone(),
