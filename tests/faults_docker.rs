@@ -134,56 +134,21 @@ fn engine_restarted_during_compose_up_is_not_an_app_failure() {
     let f = s.f.name.clone();
     let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
     code(&out(s.install(b.path())), 101);
-    // The real compose CLI behind a hold: the first `up` waits at `before` until the test
-    // removes it, runs, then waits at `after` (a test hook, not a stand-in).
-    let hold = s.d.tmp.path().join("hold");
-    std::fs::create_dir_all(&hold).unwrap();
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v docker-compose"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let wrapper = s.d.tmp.path().join("compose-with-hold");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nH={h}\ncase \" $* \" in *\" up \"*)\n\
-             if rm \"$H/armed\" 2>/dev/null; then\n\
-             touch \"$H/before\"; while [ -e \"$H/before\" ]; do sleep 0.02; done\n\
-             {real} \"$@\"; rc=$?\n\
-             touch \"$H/after\"; while [ -e \"$H/after\" ]; do sleep 0.02; done\n\
-             exit $rc\nfi;;\nesac\nexec {real} \"$@\"\n",
-            h = hold.display(),
-            real = real.trim()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let conf = s.d.conf.join("sota.toml");
-    let text = std::fs::read_to_string(&conf).unwrap().replace(
-        "[pacman]\n",
-        &format!("[pacman]\ndocker_compose_bin = \"{}\"\n", wrapper.display()),
+    let hold = compose_hook(
+        &s,
+        "touch \"$H/before\"; while [ -e \"$H/before\" ]; do sleep 0.02; done\n\
+         \"$REAL\" \"$@\"; rc=$?\n\
+         touch \"$H/after\"; while [ -e \"$H/after\" ]; do sleep 0.02; done\n\
+         exit $rc",
     );
-    std::fs::write(&conf, text).unwrap();
-    std::fs::write(hold.join("armed"), "").unwrap();
 
-    let run = std::thread::spawn({
-        let cmd = usb_update(&s.d, &["run"], &[]);
-        move || {
-            let mut cmd = cmd;
-            let o = cmd.output().unwrap();
-            Out {
-                code: o.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-            }
+    let mut cmd = usb_update(&s.d, &["run"], &[]);
+    let run = std::thread::spawn(move || {
+        let o = cmd.output().unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     });
     let wait_for = |p: &std::path::Path| {
@@ -207,4 +172,69 @@ fn engine_restarted_during_compose_up_is_not_an_app_failure() {
     assert_eq!(st["current"]["name"], "intel-corei7-64-lmp-2");
     assert!(st["failed"].as_array().is_none_or(|f| f.is_empty()), "{st}");
     assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
+}
+
+/// The compose CLI killed (SIGKILL, as the OOM killer does) in the middle of `up`, once the
+/// app's container exists: the engine answers, `up` is run once more, the update completes.
+#[test]
+fn compose_up_killed_mid_way_is_run_once_more() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    code(&out(s.install(b.path())), 101);
+    let hold = compose_hook(
+        &s,
+        "\"$REAL\" \"$@\" & pid=$!\n\
+         until docker -H \"$DOCKER_HOST\" ps -aq \\\n\
+         --filter label=com.docker.compose.project=app-01 | grep -q .; do sleep 0.02; done\n\
+         kill -9 $pid; wait $pid; exit 137",
+    );
+    let o = out(s.run());
+    code(&o, 0);
+    assert!(
+        !hold.join("armed").exists(),
+        "the first up was not the held one"
+    );
+    assert!(o.stderr.contains("trying once more"), "{}", o.stderr);
+    let st = state(&s.d);
+    assert!(st["pending"].is_null(), "{st}");
+    assert!(st["failed"].as_array().is_none_or(|f| f.is_empty()), "{st}");
+    assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
+}
+
+/// The real compose CLI as `[pacman] docker_compose_bin`, with a hook: the first `up`
+/// runs `armed_up` (a shell snippet; `$REAL` is the CLI, `$H` the returned directory)
+/// instead of the plain CLI. A test hook around the real thing, not a stand-in.
+fn compose_hook(s: &AppScene, armed_up: &str) -> std::path::PathBuf {
+    let hold = s.d.tmp.path().join("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v docker-compose"])
+        .output()
+        .unwrap()
+        .stdout;
+    let wrapper = s.d.tmp.path().join("compose-with-hook");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nH={h}\nREAL={real}\ncase \" $* \" in *\" up \"*)\n\
+             if rm \"$H/armed\" 2>/dev/null; then\n{armed_up}\nfi;;\nesac\nexec \"$REAL\" \"$@\"\n",
+            h = hold.display(),
+            real = String::from_utf8_lossy(&real).trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let conf = s.d.conf.join("sota.toml");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        "[pacman]\n",
+        &format!("[pacman]\ndocker_compose_bin = \"{}\"\n", wrapper.display()),
+    );
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(hold.join("armed"), "").unwrap();
+    hold
 }
