@@ -1,7 +1,8 @@
 //! The Docker engine going away: stopped while `install` loads the images, before `run`'s
 //! compose `up`, and stopped while the compose CLI's `up` is creating containers. Expected:
 //! 52, nothing lost, the work still pending for `run`, and the retry succeeds once the
-//! engine is back.
+//! engine is back. And what is not an app failure: the engine restarted under `up`, or
+//! the compose CLI killed mid-way, while the engine answers: `up` once more, no rollback.
 
 mod common;
 
