@@ -76,6 +76,7 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
             return Err(e);
         }
     };
+    crate::failpoint::hit("agent-mounted");
     let mut report = Report {
         device: device_id(),
         stick: stick.uuid.clone(),
@@ -131,6 +132,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     }
     report.before = current_name(&ctx.sources);
     let aklite = Aklite::stop(&ctx.policy)?;
+    crate::failpoint::hit("agent-aklite-stopped");
     ctx.fb.step("verifying and installing the update");
     // Progress comes from the copying threads: a feedback of its own (console lines and
     // status.json percent), behind a mutex.
@@ -154,6 +156,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     };
     let t = Instant::now();
     let (install_report, result) = crate::install::install(&req);
+    crate::failpoint::hit("agent-installed");
     report
         .durations
         .insert("install".into(), t.elapsed().as_secs_f64());
@@ -179,6 +182,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
                 code == Code::BootFirmware,
             );
             seen.save(&dir)?;
+            crate::failpoint::hit("agent-left-in-recorded");
             let result = match code {
                 Code::BootFirmware => {
                     "a boot firmware update needs a reboot first; the update follows it".into()
@@ -214,10 +218,12 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
 /// Apps only: restart Docker, then finish at once.
 fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outcome> {
     ctx.fb.step("apps installed: restarting Docker");
+    crate::failpoint::hit("agent-before-docker-restart");
     run_command(
         &ctx.policy.agent.docker_restart_command,
         "restarting Docker",
     )?;
+    crate::failpoint::hit("agent-docker-restarted");
     ctx.fb.step("starting the apps");
     let t = Instant::now();
     let out = crate::finalize::run(&ctx.sources.config, &ctx.sources.policy)?;
@@ -265,6 +271,7 @@ fn finish(
             Ok(p) => tracing::info!("report written to {}", p.display()),
             Err(e) => tracing::warn!("no report on the stick {}: {e:#}", stick.uuid),
         }
+        crate::failpoint::hit("agent-report-written");
     }
     if let Err(e) = mount.unmount() {
         tracing::warn!("unmounting {}: {}", stick.devnode.display(), e.one_line());
@@ -276,6 +283,7 @@ fn finish(
     match then {
         Then::Reboot => {
             ctx.fb.step("rebooting to finish the update");
+            crate::failpoint::hit("agent-before-reboot");
             run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
         }
         // Another updater (or stick) holds the device: not this stick's fault.
@@ -298,6 +306,8 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     let state = State::load(&ctx.cfg.state_dir())?;
     if state.pending.is_none() {
         tracing::info!("nothing pending");
+        // A marker left by a save killed before its state was written.
+        State::remove_marker(&ctx.cfg.state_dir())?;
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
@@ -305,6 +315,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
         .step("finishing the update started before the reboot");
     let aklite = Aklite::stop(&ctx.policy)?;
     let result = crate::finalize::run(&sources.config, &sources.policy);
+    crate::failpoint::hit("agent-finalize-ran");
     aklite.start(&ctx.policy);
     let out = match result {
         Ok(o) => o,

@@ -37,6 +37,16 @@ pub struct RecordedApp {
     pub backup: bool,
 }
 
+impl Record {
+    /// No apps: what a device without Compose apps restores.
+    pub fn empty() -> Record {
+        Record {
+            schema: SCHEMA,
+            apps: Vec::new(),
+        }
+    }
+}
+
 pub fn file(state_dir: &Path) -> PathBuf {
     state_dir.join("previous-apps.json")
 }
