@@ -381,11 +381,13 @@ fn bootloader_rollback(
         }
     };
     failpoint::hit("run-bootloader-apps-restored");
+    // Disarmed before the record: a run killed after it finds nothing pending and would
+    // leave boot counting armed on the good rootfs.
+    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
     let out = conclude(ctx, state, &name, code, reason)?;
     failpoint::hit("run-rollback-recorded");
     ostree::remove_deployment(&ctx.cfg.pacman, &pending.target.sha256)?;
     failpoint::hit("run-failed-deployment-removed");
-    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
     Ok(out)
 }
 
