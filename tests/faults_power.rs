@@ -162,10 +162,14 @@ fn state_files_are_old_or_new_after_a_power_cut() {
     // installation it records), it parses, and the marker says the same.
     for files in [&durable, &after] {
         let state = &files[Path::new("state.json")];
-        assert_eq!(
-            state,
-            &new[Path::new("state.json")],
-            "the saved state was lost"
+        assert!(
+            *state == new[Path::new("state.json")],
+            "the saved state was lost: state.json is {}",
+            if *state == old[Path::new("state.json")] {
+                "the old one"
+            } else {
+                "neither old nor new"
+            }
         );
         let v: serde_json::Value = serde_json::from_slice(state).unwrap();
         assert_eq!(v["pending"]["target"]["name"], target("3"));
