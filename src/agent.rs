@@ -308,6 +308,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
         tracing::info!("nothing pending");
         // A marker left by a save killed before its state was written.
         State::remove_marker(&ctx.cfg.state_dir())?;
+        Aklite::left_stopped(&ctx.policy).start(&ctx.policy);
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
@@ -410,12 +411,18 @@ fn run_command(argv: &[String], what: &str) -> Result<()> {
 }
 
 /// aktualizr-lite must never run beside us: stopped for the update when it is active,
-/// started again after.
+/// started again after. `<run_dir>/aklite-stopped` says we stopped it, so that an agent
+/// killed before starting it again is made good by the next one (a reboot clears /run and
+/// starts the unit anyway).
 struct Aklite {
     stopped: bool,
 }
 
 impl Aklite {
+    fn marker(policy: &Policy) -> PathBuf {
+        policy.agent.run_dir.join("aklite-stopped")
+    }
+
     fn stop(policy: &Policy) -> Result<Aklite> {
         let unit = &policy.agent.aklite_unit;
         if unit.is_empty() {
@@ -426,12 +433,22 @@ impl Aklite {
             .status()
             .is_ok_and(|s| s.success());
         if active {
+            write_atomic(&Self::marker(policy), unit.as_bytes())?;
             run_command(
                 &[policy.agent.systemctl.clone(), "stop".into(), unit.clone()],
                 "stopping aktualizr-lite",
             )?;
         }
-        Ok(Aklite { stopped: active })
+        Ok(Aklite {
+            stopped: active || Self::marker(policy).exists(),
+        })
+    }
+
+    /// What an agent killed while aktualizr-lite was stopped left to do.
+    fn left_stopped(policy: &Policy) -> Aklite {
+        Aklite {
+            stopped: !policy.agent.aklite_unit.is_empty() && Self::marker(policy).exists(),
+        }
     }
 
     fn start(self, policy: &Policy) {
@@ -441,8 +458,14 @@ impl Aklite {
                 "start".into(),
                 policy.agent.aklite_unit.clone(),
             ];
-            if let Err(e) = run_command(&argv, "starting aktualizr-lite again") {
-                tracing::warn!("{}", e.one_line());
+            match run_command(&argv, "starting aktualizr-lite again") {
+                Ok(()) => {
+                    let marker = Self::marker(policy);
+                    if let Err(e) = std::fs::remove_file(&marker) {
+                        tracing::warn!("removing {}: {e}", marker.display());
+                    }
+                }
+                Err(e) => tracing::warn!("{}", e.one_line()),
             }
         }
     }

@@ -610,6 +610,32 @@ fn agent_killed_at_every_point_converges() {
     let n = 2 + AGENT.len();
     let mut p = Progressive::new(n as u32 + 1);
     agent_policy(&p.d);
+    // An aktualizr-lite that runs (a file says so) and a systemctl that drives it.
+    let root = p.d.tmp.path().to_path_buf();
+    let aklite = root.join("aklite-active");
+    let systemctl = root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n is-active) [ -e {f} ];;\n stop) rm -f {f};;\n              start) touch {f};;\nesac\n",
+            f = aklite.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        p.d.policy.join("30-aklite.toml"),
+        format!(
+            "[agent]\nsystemctl = \"{}\"\naklite_unit = \"aktualizr-lite.service\"\n",
+            systemctl.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&aklite, "").unwrap();
     let content = tempfile::tempdir().unwrap();
     for (v, b) in &p.bundles {
         let st = std::process::Command::new("cp")
@@ -637,6 +663,10 @@ fn agent_killed_at_every_point_converges() {
             _ => code(&handle(&[]), 100, &what),
         }
         no_mounts(&p.d, &what);
+        assert!(
+            aklite.exists(),
+            "{what}: aktualizr-lite left stopped by handle"
+        );
         p.d.reboot_into(&p.commits[&v], &format!("boot-{v}"));
         match kill {
             Some((point @ "agent-finalize-ran", again)) => {
@@ -645,6 +675,10 @@ fn agent_killed_at_every_point_converges() {
             }
             _ => code(&agent(&p.d, &["finalize"], &[]), 0, &what),
         }
+        assert!(
+            aklite.exists(),
+            "{what}: aktualizr-lite left stopped by finalize"
+        );
         let r = p.d.command("current", &[]);
         assert!(
             r.stdout.starts_with(&format!("current: {}", name(v))),
