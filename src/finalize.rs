@@ -127,7 +127,8 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     if ctx.compose {
         let verdict = apps::start(&ctx.cfg, &ctx.policy.apps, &pending.target.apps)?;
         if let Err(reason) = verdict {
-            return apps_failed(ctx, state, pending, &reason);
+            let failure = format!("apps of {} failed ({reason})", pending.target.name);
+            return apps_failed(ctx, state, pending, &failure);
         }
         failpoint::hit("run-apps-healthy");
     }
@@ -191,11 +192,11 @@ fn count_boot(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Option<
     }
     let limit = ctx.policy.update.boot_attempts;
     if pending.boot_attempts >= limit {
-        let reason = format!(
-            "{} boot(s) of {} did not finish ([update] boot_attempts = {limit})",
-            pending.boot_attempts, pending.target.name
+        let failure = format!(
+            "{} did not finish booting {} time(s) ([update] boot_attempts = {limit})",
+            pending.target.name, pending.boot_attempts
         );
-        return apps_failed(ctx, state, pending, &reason).map(Some);
+        return apps_failed(ctx, state, pending, &failure).map(Some);
     }
     let mut counted = pending.clone();
     counted.boot_attempts += 1;
@@ -211,10 +212,11 @@ fn count_boot(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Option<
     Ok(None)
 }
 
-/// The target's apps did not come up on the device.
-fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) -> Result<Outcome> {
+/// The target's apps did not come up on the device (or, `boot_attempts`, its boot never
+/// finished): `failure` says which.
+fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -> Result<Outcome> {
     let target = &pending.target;
-    deny(state, target, &format!("apps failed: {reason}"));
+    deny(state, target, failure);
     // Without apps (an OSTree-only device, here for `boot_attempts`) there is nothing
     // to restore but the deployment.
     let loaded = if ctx.compose {
@@ -227,10 +229,7 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) ->
         Err(why) => {
             // Nothing to go back to: the device stays on the target, as it is.
             state.current = Some(target.clone());
-            let msg = format!(
-                "apps of {} failed ({reason}); the previous apps are unknown ({why}): nothing restored",
-                target.name
-            );
+            let msg = format!("{failure}; the previous apps are unknown ({why}): nothing restored");
             return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
         }
     };
@@ -245,16 +244,13 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) ->
         return Ok(match restored {
             Ok(()) => {
                 let msg = format!(
-                    "apps of {} failed ({reason}): the previous apps of {} are running again",
-                    target.name, previous.name
+                    "{failure}: the previous apps of {} are running again",
+                    previous.name
                 );
                 conclude(ctx, state, &target.name, Code::RolledBack, msg)?
             }
             Err(why) => {
-                let msg = format!(
-                    "apps of {} failed ({reason}) and the previous apps did not come back ({why})",
-                    target.name
-                );
+                let msg = format!("{failure} and the previous apps did not come back ({why})");
                 conclude(ctx, state, &target.name, Code::RollbackImpossible, msg)?
             }
         });
@@ -264,17 +260,14 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) ->
     }
     let Some(rollback) = pending.rollback_deployment.clone() else {
         state.current = Some(target.clone());
-        let msg = format!(
-            "apps of {} failed ({reason}); the previous deployment is unknown: nothing restored",
-            target.name
-        );
+        let msg = format!("{failure}; the previous deployment is unknown: nothing restored");
         return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
     };
     ostree::make_default(&ctx.cfg.pacman, &rollback)?;
     failpoint::hit("run-rollback-default-set");
     let msg = format!(
-        "apps of {} failed ({reason}): rollback to {} deployed: reboot, then run",
-        target.name, previous.name
+        "{failure}: rollback to {} deployed: reboot, then run",
+        previous.name
     );
     state.pending = Some(Pending {
         target: previous,

@@ -503,7 +503,11 @@ fn reboot_loop_ends_on_the_denylist_after_boot_attempts() {
     let r = p.run(&[]);
     code(&r, 100, "the boot after the limit");
     assert!(
-        r.stdout.contains("3 boot(s) of") && r.stdout.contains("boot_attempts = 3"),
+        r.stdout.starts_with(&format!(
+            "{} did not finish booting 3 time(s) ([update] boot_attempts = 3): rollback to {}",
+            name(3),
+            name(2)
+        )),
         "{}",
         r.stdout
     );
@@ -514,6 +518,13 @@ fn reboot_loop_ends_on_the_denylist_after_boot_attempts() {
     );
     let st = read_json(&dir.join("state.json"));
     assert_eq!(st["failed"][0]["name"], name(3));
+    assert!(
+        st["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish booting"),
+        "{st}"
+    );
     assert_eq!(st["pending"]["phase"], "rolling_back");
     assert!(dir.join("pending").exists());
     p.d.reboot_into(&p.commits[&2], "loop-5");
