@@ -1030,8 +1030,6 @@ fn compose_update_killed_at_every_point_converges() {
             "{point}"
         );
     }
-    // After all that, an ordinary update still works.
-    p.update(&[]);
 }
 
 /// Compose device, rollbacks: apps failing on the new rootfs (points chained per run), and
@@ -1055,5 +1053,4 @@ fn compose_rollback_killed_at_every_point_converges() {
             "{point}"
         );
     }
-    p.update(&[]);
 }
