@@ -1054,3 +1054,21 @@ fn compose_rollback_killed_at_every_point_converges() {
         );
     }
 }
+
+/// Killed between the pending marker and the state that it announces: the marker claims
+/// work that is not there (the boot unit then runs for nothing); `run` removes it.
+#[test]
+fn a_marker_ahead_of_its_state_is_removed_by_run() {
+    let p = Progressive::new(2);
+    let dir = p.d.state_dir();
+    killed(
+        &p.install(2, &[(CRASH, "state-marker-written")]),
+        "state-marker-written",
+    );
+    assert!(dir.join("pending").exists());
+    assert!(read_json(&dir.join("state.json"))["pending"].is_null());
+    code(&p.run(&[]), 40, "run with a stale marker");
+    assert!(!dir.join("pending").exists());
+    code(&p.install(2, &[]), 100, "install again");
+    assert!(dir.join("pending").exists());
+}
