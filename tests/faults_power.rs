@@ -222,3 +222,39 @@ fn verdicts(
     }
     report
 }
+
+/// The copy of an app's project kept for a rollback (`previous-apps/<app>/`) is on the disk
+/// when the copy returns: the record that names it is written right after.
+#[test]
+fn a_kept_project_copy_is_on_the_disk_when_the_copy_returns() {
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("state.img");
+    sh("truncate", &["-s", "32M", image.to_str().unwrap()]);
+    sh("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+    let fs = LoopFs::new(
+        &image,
+        &work.path().join("state"),
+        "commit=600,noauto_da_alloc",
+    );
+    let project = work.path().join("project");
+    std::fs::create_dir_all(project.join("config")).unwrap();
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        "services:\n  a:\n    image: x\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("config/app.conf"), "key = value\n").unwrap();
+    let kept = fs.at.join("previous-apps/app-01");
+    usb_update::apps::previous::copy_tree(&project, &kept).unwrap();
+    let after = power_cut(&image, work.path(), "cut");
+    let copied: BTreeMap<PathBuf, Vec<u8>> = after
+        .into_iter()
+        .filter_map(|(p, b)| {
+            Some((
+                p.strip_prefix("previous-apps/app-01").ok()?.to_path_buf(),
+                b,
+            ))
+        })
+        .collect();
+    assert_eq!(copied, files(&project), "the kept copy after a power cut");
+}

@@ -87,6 +87,9 @@ pub fn take(
         let backup = project.is_dir();
         if backup {
             copy_tree(&project, &backup_dir(state_dir, &name))?;
+            fs::File::open(&backups)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", backups.display()))?;
         }
         apps.push(RecordedApp {
             name,
@@ -133,9 +136,16 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         } else if kind.is_file() {
             fs::copy(&src, &dst)
                 .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            // The record that names this copy is written next: after a power cut it must
+            // not point at an empty compose file.
+            fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", dst.display()))?;
         } else {
             tracing::warn!("{}: not a file or directory, not kept", src.display());
         }
     }
-    Ok(())
+    fs::File::open(to)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", to.display()))
 }
