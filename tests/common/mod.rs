@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod dockerd;
+pub mod faults;
 pub mod scene;
 pub mod stick;
 pub mod udev;
