@@ -76,6 +76,7 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
             return Err(e);
         }
     };
+    crate::failpoint::hit("agent-mounted");
     let mut report = Report {
         device: device_id(),
         stick: stick.uuid.clone(),
@@ -131,6 +132,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     }
     report.before = current_name(&ctx.sources);
     let aklite = Aklite::stop(&ctx.policy)?;
+    crate::failpoint::hit("agent-aklite-stopped");
     ctx.fb.step("verifying and installing the update");
     // Progress comes from the copying threads: a feedback of its own (console lines and
     // status.json percent), behind a mutex.
@@ -154,6 +156,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     };
     let t = Instant::now();
     let (install_report, result) = crate::install::install(&req);
+    crate::failpoint::hit("agent-installed");
     report
         .durations
         .insert("install".into(), t.elapsed().as_secs_f64());
@@ -179,6 +182,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
                 code == Code::BootFirmware,
             );
             seen.save(&dir)?;
+            crate::failpoint::hit("agent-left-in-recorded");
             let result = match code {
                 Code::BootFirmware => {
                     "a boot firmware update needs a reboot first; the update follows it".into()
@@ -214,10 +218,12 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
 /// Apps only: restart Docker, then finish at once.
 fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outcome> {
     ctx.fb.step("apps installed: restarting Docker");
+    crate::failpoint::hit("agent-before-docker-restart");
     run_command(
         &ctx.policy.agent.docker_restart_command,
         "restarting Docker",
     )?;
+    crate::failpoint::hit("agent-docker-restarted");
     ctx.fb.step("starting the apps");
     let t = Instant::now();
     let out = crate::finalize::run(&ctx.sources.config, &ctx.sources.policy)?;
@@ -266,6 +272,7 @@ fn finish(
             Ok(p) => tracing::info!("report written to {}", p.display()),
             Err(e) => tracing::warn!("no report on the stick {}: {e:#}", stick.uuid),
         }
+        crate::failpoint::hit("agent-report-written");
     }
     if let Err(e) = mount.unmount() {
         tracing::warn!("unmounting {}: {}", stick.devnode.display(), e.one_line());
@@ -277,6 +284,7 @@ fn finish(
     match then {
         Then::Reboot => {
             ctx.fb.step("rebooting to finish the update");
+            crate::failpoint::hit("agent-before-reboot");
             run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
         }
         // Another updater (or stick) holds the device: not this stick's fault.
@@ -299,6 +307,9 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     let state = State::load(&ctx.cfg.state_dir())?;
     if state.pending.is_none() {
         tracing::info!("nothing pending");
+        // A marker left by a save killed before its state was written.
+        State::remove_marker(&ctx.cfg.state_dir())?;
+        Aklite::left_stopped(&ctx.policy).start(&ctx.policy);
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
@@ -306,6 +317,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
         .step("finishing the update started before the reboot");
     let aklite = Aklite::stop(&ctx.policy)?;
     let result = crate::finalize::run(&sources.config, &sources.policy);
+    crate::failpoint::hit("agent-finalize-ran");
     aklite.start(&ctx.policy);
     let out = match result {
         Ok(o) => o,
@@ -400,12 +412,18 @@ fn run_command(argv: &[String], what: &str) -> Result<()> {
 }
 
 /// aktualizr-lite must never run beside us: stopped for the update when it is active,
-/// started again after.
+/// started again after. `<run_dir>/aklite-stopped` says we stopped it, so that an agent
+/// killed before starting it again is made good by the next one (a reboot clears /run and
+/// starts the unit anyway).
 struct Aklite {
     stopped: bool,
 }
 
 impl Aklite {
+    fn marker(policy: &Policy) -> PathBuf {
+        policy.agent.run_dir.join("aklite-stopped")
+    }
+
     fn stop(policy: &Policy) -> Result<Aklite> {
         let unit = &policy.agent.aklite_unit;
         if unit.is_empty() {
@@ -416,12 +434,22 @@ impl Aklite {
             .status()
             .is_ok_and(|s| s.success());
         if active {
+            write_atomic(&Self::marker(policy), unit.as_bytes())?;
             run_command(
                 &[policy.agent.systemctl.clone(), "stop".into(), unit.clone()],
                 "stopping aktualizr-lite",
             )?;
         }
-        Ok(Aklite { stopped: active })
+        Ok(Aklite {
+            stopped: active || Self::marker(policy).exists(),
+        })
+    }
+
+    /// What an agent killed while aktualizr-lite was stopped left to do.
+    fn left_stopped(policy: &Policy) -> Aklite {
+        Aklite {
+            stopped: !policy.agent.aklite_unit.is_empty() && Self::marker(policy).exists(),
+        }
     }
 
     fn start(self, policy: &Policy) {
@@ -431,8 +459,14 @@ impl Aklite {
                 "start".into(),
                 policy.agent.aklite_unit.clone(),
             ];
-            if let Err(e) = run_command(&argv, "starting aktualizr-lite again") {
-                tracing::warn!("{}", e.one_line());
+            match run_command(&argv, "starting aktualizr-lite again") {
+                Ok(()) => {
+                    let marker = Self::marker(policy);
+                    if let Err(e) = std::fs::remove_file(&marker) {
+                        tracing::warn!("removing {}: {e}", marker.display());
+                    }
+                }
+                Err(e) => tracing::warn!("{}", e.one_line()),
             }
         }
     }

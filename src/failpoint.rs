@@ -1,14 +1,72 @@
 //! Named crash points for the crash-safety tests: with `USB_UPDATE_CRASH_AT=<name>` in the
-//! environment, the process aborts at that point, as a power cut or `kill -9` would stop
-//! it (no destructors, no flush). Compiled into debug builds only: a release binary has
-//! no such hook, whatever its environment.
+//! environment, the process sends itself SIGKILL at that point, as `kill -9` or a power cut
+//! would stop it: no unwinding, no destructors, no atexit, no flush of our buffers.
+//! Compiled into debug builds only: a release binary has no such hook, whatever its
+//! environment.
+//!
+//! Every name passed to [`hit`] is in [`POINTS`]; `tests/faults_crash.rs` checks that the
+//! call sites and the list agree and that a scenario kills the process at each one.
 
-/// Abort here if the crash-safety tests asked for it.
+/// Every crash point, in the order a full update meets them.
+pub const POINTS: &[&str] = &[
+    // agent handle
+    "agent-mounted",
+    "agent-aklite-stopped",
+    // install (apps first: nothing runs differently until the deployment)
+    "install-blob-copied",
+    "install-apps-fetched",
+    "install-images-loaded",
+    "install-previous-apps-recorded",
+    "install-pulled",
+    "install-boot-armed",
+    "install-deployed",
+    "install-tuf-stored",
+    // any state save: the pending marker written ahead of a pending state.json, and
+    // state.json replaced (a cleared one before the marker goes)
+    "state-marker-written",
+    "state-written",
+    "install-recorded",
+    // agent handle, after install
+    "agent-installed",
+    "agent-left-in-recorded",
+    "agent-report-written",
+    "agent-before-reboot",
+    "agent-before-docker-restart",
+    "agent-docker-restarted",
+    // run (finalize), on the new rootfs
+    "run-boot-counted",
+    "run-apps-up",
+    "run-apps-healthy",
+    "run-boot-ok-set",
+    "run-recorded",
+    "run-cleaned",
+    "run-pruned",
+    // run: apps failed on the new rootfs
+    "run-rollback-apps-restored",
+    "run-rollback-default-set",
+    "run-rollback-pending-recorded",
+    // run: after the rollback reboot
+    "run-rollback-apps-back",
+    "run-rollback-deployment-removed",
+    "run-rollback-finished",
+    // run: the bootloader rolled back
+    "run-bootloader-apps-restored",
+    "run-rollback-recorded",
+    "run-failed-deployment-removed",
+    // agent finalize
+    "agent-finalize-ran",
+];
+
+/// Die here, by SIGKILL, if the crash-safety tests asked for it.
 #[inline]
 pub fn hit(name: &str) {
     #[cfg(debug_assertions)]
     if std::env::var_os("USB_UPDATE_CRASH_AT").is_some_and(|v| v == name) {
-        eprintln!("failpoint {name}: aborting");
+        debug_assert!(POINTS.contains(&name), "failpoint {name} is not in POINTS");
+        // The one line the test matches; stderr is unbuffered.
+        eprintln!("failpoint {name}: SIGKILL");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        // SIGKILL cannot be caught or blocked; this is never reached.
         std::process::abort();
     }
     #[cfg(not(debug_assertions))]

@@ -41,6 +41,10 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     let pacman = &cfg.pacman;
     let Some(pending) = state.pending.clone() else {
         drop_failed_default(pacman, &state)?;
+        // A run killed after its commit: finish its cleanup; and a marker left by a save
+        // killed before its state was written claims work that is not there.
+        finish_cleanup(&cfg, &policy, &dir, &mut state)?;
+        State::remove_marker(&dir)?;
         return Err(Error::new(
             Code::NothingPending,
             "no installation is pending",
@@ -65,6 +69,12 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     };
     let booted = ostree::booted(&ctx.cfg.pacman)?.map(|d| d.csum);
     let on_target = booted.as_deref() == Some(pending.target.sha256.as_str());
+    if pending.phase != Phase::RollingBack && pending.needs_reboot && on_target {
+        if let Some(outcome) = count_boot(&ctx, &mut state, &pending)? {
+            return Ok(outcome);
+        }
+    }
+    let pending = state.pending.clone().unwrap_or(pending);
     let outcome = match (pending.phase, on_target) {
         (Phase::RollingBack, true) => finish_rollback(&ctx, &mut state, &pending)?,
         (Phase::RollingBack, false) => {
@@ -117,13 +127,17 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     if ctx.compose {
         let verdict = apps::start(&ctx.cfg, &ctx.policy.apps, &pending.target.apps)?;
         if let Err(reason) = verdict {
-            return apps_failed(ctx, state, pending, &reason);
+            let failure = format!("apps of {} failed ({reason})", pending.target.name);
+            return apps_failed(ctx, state, pending, &failure);
         }
+        failpoint::hit("run-apps-healthy");
     }
     let bootenv = BootEnv::from_config(&ctx.cfg)?;
     state.previous = state.current.take().or(pending.previous.clone());
     state.current = Some(pending.target.clone());
+    state.cleanup = Some(pending.target.clone());
     bootenv.set_boot_ok()?;
+    failpoint::hit("run-boot-ok-set");
     let (code, message) = if bootenv.boot_firmware_pending()? {
         (
             Code::BootFirmware,
@@ -134,49 +148,109 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     };
     let out = conclude(ctx, state, &name, code, message)?;
     failpoint::hit("run-recorded");
-    ostree::cleanup(&ctx.cfg.pacman)?;
-    if ctx.compose && ctx.policy.apps.prune {
-        let record = previous::load(&ctx.dir).ok();
-        // The update is done; a failed cleanup only costs space and is retried next time.
-        if let Err(e) = apps::prune(&ctx.cfg, &pending.target.apps, record.as_ref()) {
-            tracing::warn!("pruning after the update to {name}: {}", e.one_line());
-        }
-    }
+    finish_cleanup(&ctx.cfg, &ctx.policy, &ctx.dir, state)?;
     Ok(out)
 }
 
-/// The target's apps did not come up on the device.
-fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) -> Result<Outcome> {
+/// After a commit: old deployments, then store versions, blobs and images the target does
+/// not use; recorded as done only once done, so a run killed in between finishes it.
+fn finish_cleanup(
+    cfg: &Config,
+    policy: &Policy,
+    dir: &std::path::Path,
+    state: &mut State,
+) -> Result<()> {
+    let Some(target) = state.cleanup.clone() else {
+        return Ok(());
+    };
+    ostree::cleanup(&cfg.pacman)?;
+    failpoint::hit("run-cleaned");
+    if cfg.pacman.kind == PackageManager::OstreeComposeApps && policy.apps.prune {
+        let record = previous::load(dir).ok();
+        // The update is done; a failed prune only costs space.
+        if let Err(e) = apps::prune(cfg, &target.apps, record.as_ref()) {
+            tracing::warn!(
+                "pruning after the update to {}: {}",
+                target.name,
+                e.one_line()
+            );
+        }
+        failpoint::hit("run-pruned");
+    }
+    state.cleanup = None;
+    state.save(dir)?;
+    Ok(())
+}
+
+/// `[update] boot_attempts`: count this boot of the new rootfs before anything that can
+/// hang or crash it; a boot that starts with the count at the limit is not tried again, it
+/// rolls back as if the apps had failed. `Some`: the rollback's outcome.
+fn count_boot(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Option<Outcome>> {
+    let boot_id = ostree::boot_id(&ctx.cfg.pacman)?;
+    if pending.counted_boot.as_deref() == Some(boot_id.as_str()) {
+        return Ok(None);
+    }
+    let limit = ctx.policy.update.boot_attempts;
+    if pending.boot_attempts >= limit {
+        let failure = format!(
+            "{} did not finish booting {} time(s) ([update] boot_attempts = {limit})",
+            pending.target.name, pending.boot_attempts
+        );
+        return apps_failed(ctx, state, pending, &failure).map(Some);
+    }
+    let mut counted = pending.clone();
+    counted.boot_attempts += 1;
+    counted.counted_boot = Some(boot_id);
+    tracing::info!(
+        "boot {} of {limit} of {}",
+        counted.boot_attempts,
+        counted.target.name
+    );
+    state.pending = Some(counted);
+    state.save(&ctx.dir)?;
+    failpoint::hit("run-boot-counted");
+    Ok(None)
+}
+
+/// The target's apps did not come up on the device (or, `boot_attempts`, its boot never
+/// finished): `failure` says which.
+fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -> Result<Outcome> {
     let target = &pending.target;
-    deny(state, target, &format!("apps failed: {reason}"));
-    let record = match previous::load(&ctx.dir) {
+    deny(state, target, failure);
+    // Without apps (an OSTree-only device, here for `boot_attempts`) there is nothing
+    // to restore but the deployment.
+    let loaded = if ctx.compose {
+        previous::load(&ctx.dir)
+    } else {
+        Ok(previous::Record::empty())
+    };
+    let record = match loaded {
         Ok(r) => r,
         Err(why) => {
             // Nothing to go back to: the device stays on the target, as it is.
             state.current = Some(target.clone());
-            let msg = format!(
-                "apps of {} failed ({reason}); the previous apps are unknown ({why}): nothing restored",
-                target.name
-            );
+            let msg = format!("{failure}; the previous apps are unknown ({why}): nothing restored");
             return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
         }
     };
-    let restored = apps::restore(&ctx.cfg, &ctx.policy.apps, &record)?;
+    let restored = if ctx.compose {
+        apps::restore(&ctx.cfg, &ctx.policy.apps, &record)?
+    } else {
+        Ok(())
+    };
+    failpoint::hit("run-rollback-apps-restored");
     let previous = previous_target(pending);
     if !pending.needs_reboot {
         return Ok(match restored {
             Ok(()) => {
                 let msg = format!(
-                    "apps of {} failed ({reason}): the previous apps of {} are running again",
-                    target.name, previous.name
+                    "{failure}: the previous apps of {} are running again",
+                    previous.name
                 );
                 conclude(ctx, state, &target.name, Code::RolledBack, msg)?
             }
             Err(why) => {
-                let msg = format!(
-                    "apps of {} failed ({reason}) and the previous apps did not come back ({why})",
-                    target.name
-                );
+                let msg = format!("{failure} and the previous apps did not come back ({why})");
                 conclude(ctx, state, &target.name, Code::RollbackImpossible, msg)?
             }
         });
@@ -186,16 +260,14 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) ->
     }
     let Some(rollback) = pending.rollback_deployment.clone() else {
         state.current = Some(target.clone());
-        let msg = format!(
-            "apps of {} failed ({reason}); the previous deployment is unknown: nothing restored",
-            target.name
-        );
+        let msg = format!("{failure}; the previous deployment is unknown: nothing restored");
         return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
     };
     ostree::make_default(&ctx.cfg.pacman, &rollback)?;
+    failpoint::hit("run-rollback-default-set");
     let msg = format!(
-        "apps of {} failed ({reason}): rollback to {} deployed: reboot, then run",
-        target.name, previous.name
+        "{failure}: rollback to {} deployed: reboot, then run",
+        previous.name
     );
     state.pending = Some(Pending {
         target: previous,
@@ -206,10 +278,12 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, reason: &str) ->
         needs_reboot: true,
         installed_at: crate::tuf::now_utc(),
         failed_target: Some(target.clone()),
+        boot_attempts: 0,
+        counted_boot: None,
     });
     state.record("run", &target.name, Code::NeedsReboot.as_u8(), &msg);
     state.save(&ctx.dir)?;
-    failpoint::hit("run-rollback-recorded");
+    failpoint::hit("run-rollback-pending-recorded");
     Ok(Outcome {
         code: Code::NeedsReboot,
         message: msg,
@@ -244,13 +318,15 @@ fn finish_rollback(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Ou
     } else {
         Ok(())
     };
+    failpoint::hit("run-rollback-apps-back");
     if let Some(t) = &pending.failed_target {
         ostree::remove_deployment(&ctx.cfg.pacman, &t.sha256)?;
     }
+    failpoint::hit("run-rollback-deployment-removed");
     BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
     state.current = Some(pending.target.clone());
     let name = pending.target.name.clone();
-    match verdict {
+    let out = match verdict {
         Ok(()) => {
             let msg = format!("rolled back to {name} after {failed} failed");
             conclude(ctx, state, &failed, Code::Ok, msg)
@@ -259,7 +335,9 @@ fn finish_rollback(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Ou
             let msg = format!("rolled back to {name}'s rootfs after {failed} failed, but its apps did not come back: {why}");
             conclude(ctx, state, &failed, Code::RollbackImpossible, msg)
         }
-    }
+    };
+    failpoint::hit("run-rollback-finished");
+    out
 }
 
 /// The bootloader booted something else: the new rootfs did not come up.
@@ -295,10 +373,14 @@ fn bootloader_rollback(
             },
         }
     };
+    failpoint::hit("run-bootloader-apps-restored");
+    // Disarmed before the record: a run killed after it finds nothing pending and would
+    // leave boot counting armed on the good rootfs.
+    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
     let out = conclude(ctx, state, &name, code, reason)?;
     failpoint::hit("run-rollback-recorded");
     ostree::remove_deployment(&ctx.cfg.pacman, &pending.target.sha256)?;
-    BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
+    failpoint::hit("run-failed-deployment-removed");
     Ok(out)
 }
 

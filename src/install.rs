@@ -118,6 +118,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     tracing::info!(?stats, "pulled {}", target.ostree);
     failpoint::hit("install-pulled");
     bootenv.update_notify()?;
+    failpoint::hit("install-boot-armed");
     failpoint::pause("deploy");
     let mut undo = Undo {
         pacman,
@@ -157,6 +158,8 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
         needs_reboot: true,
         installed_at: crate::tuf::now_utc(),
         failed_target: None,
+        boot_attempts: 0,
+        counted_boot: None,
     };
     // No global sync(): the objects and the deployment were synced by libostree, and
     // every file of ours is fsynced with its directory.
@@ -256,6 +259,8 @@ fn record_apps_only(
         needs_reboot: false,
         installed_at: crate::tuf::now_utc(),
         failed_target: None,
+        boot_attempts: 0,
+        counted_boot: None,
     };
     record(&plan, state, pending, Code::AppsNeedRestart, msg, report)
 }

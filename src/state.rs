@@ -32,6 +32,10 @@ pub struct State {
     /// Results of `install` and `run`, oldest first, at most [`HISTORY_LEN`].
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// A committed target whose cleanup (old deployments, unused apps) has not finished:
+    /// a `run` killed after the commit finishes it the next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<InstalledTarget>,
 }
 
 /// History entries kept.
@@ -54,6 +58,13 @@ pub struct Pending {
     /// While rolling back: the target that failed and is being left.
     #[serde(default)]
     pub failed_target: Option<InstalledTarget>,
+    /// Boots of the new rootfs that `run` has started (`[update] boot_attempts`), counted
+    /// before anything that can hang or crash the boot.
+    #[serde(default)]
+    pub boot_attempts: u32,
+    /// The boot id last counted: a `run` started again in the same boot is not a new boot.
+    #[serde(default)]
+    pub counted_boot: Option<String>,
 }
 
 /// How far an installation got; each phase can be re-run after a power cut.
@@ -150,18 +161,31 @@ impl State {
     /// Replace `state.json` atomically: a power cut leaves the old or the new file whole.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).context("serialising the state")?;
-        write_atomic(&Self::file(dir), &bytes)?;
         // The boot-time unit starts only when there is work (ConditionPathExists): a marker
-        // kept in step with `pending`, written after the state so it never claims too little.
+        // that may claim too much (`run` then finds nothing pending and removes it) but never
+        // too little, so it is written before a pending state and removed after a clear one.
         let marker = Self::pending_marker(dir);
-        match &self.pending {
-            Some(p) => write_atomic(&marker, p.target.name.as_bytes()),
-            None => match std::fs::remove_file(&marker) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("removing {}", marker.display()))
-                }
-                _ => Ok(()),
-            },
+        if let Some(p) = &self.pending {
+            write_atomic(&marker, p.target.name.as_bytes())?;
+            crate::failpoint::hit("state-marker-written");
+        }
+        write_atomic(&Self::file(dir), &bytes)?;
+        crate::failpoint::hit("state-written");
+        if self.pending.is_none() {
+            Self::remove_marker(dir)?;
+        }
+        crate::failpoint::pause("state-saved");
+        Ok(())
+    }
+
+    /// Remove the pending marker (absent is fine).
+    pub fn remove_marker(dir: &Path) -> anyhow::Result<()> {
+        let marker = Self::pending_marker(dir);
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", marker.display()))
+            }
+            _ => Ok(()),
         }
     }
 

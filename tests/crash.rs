@@ -12,10 +12,10 @@ const CRASH: &str = "USB_UPDATE_CRASH_AT";
 fn crashed(r: &common::Run) {
     assert_eq!(
         r.code, -1,
-        "expected an abort\nstdout:\n{}\nstderr:\n{}",
+        "expected a SIGKILL\nstdout:\n{}\nstderr:\n{}",
         r.stdout, r.stderr
     );
-    assert!(r.stderr.contains("aborting"), "{}", r.stderr);
+    assert!(r.stderr.contains(": SIGKILL"), "{}", r.stderr);
 }
 
 #[test]

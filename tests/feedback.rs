@@ -250,6 +250,8 @@ fn status_shows_the_live_phase_the_pending_installation_and_the_last_results() {
         needs_reboot: true,
         installed_at: "2025-01-01T00:00:00Z".into(),
         failed_target: None,
+        boot_attempts: 0,
+        counted_boot: None,
     });
     state.save(&d.state_dir()).unwrap();
     let mut fb = Feedback::new(&Policy::load(&policy).unwrap());

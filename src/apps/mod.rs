@@ -101,8 +101,10 @@ pub fn prepare(
     let fetch = store.fetch(bundle, &apps, policy.parallel_copies, progress)?;
     crate::failpoint::hit("install-apps-fetched");
     let images_loaded = load_images(&engine, &store, &apps)?;
+    crate::failpoint::hit("install-images-loaded");
     // Copying and loading change no container: the record still says what runs now.
     previous::take(&cfg.pacman, &engine, running_apps, &state_dir)?;
+    crate::failpoint::hit("install-previous-apps-recorded");
     Ok(Prepared {
         apps: apps.len(),
         fetch,
@@ -282,6 +284,7 @@ pub fn start(
             services: app.compose.services.keys().cloned().collect(),
         });
     }
+    crate::failpoint::hit("run-apps-up");
     health::wait(&engine, &expected, policy)
 }
 

@@ -37,6 +37,16 @@ pub struct RecordedApp {
     pub backup: bool,
 }
 
+impl Record {
+    /// No apps: what a device without Compose apps restores.
+    pub fn empty() -> Record {
+        Record {
+            schema: SCHEMA,
+            apps: Vec::new(),
+        }
+    }
+}
+
 pub fn file(state_dir: &Path) -> PathBuf {
     state_dir.join("previous-apps.json")
 }
@@ -77,6 +87,9 @@ pub fn take(
         let backup = project.is_dir();
         if backup {
             copy_tree(&project, &backup_dir(state_dir, &name))?;
+            fs::File::open(&backups)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", backups.display()))?;
         }
         apps.push(RecordedApp {
             name,
@@ -123,9 +136,16 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         } else if kind.is_file() {
             fs::copy(&src, &dst)
                 .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            // The record that names this copy is written next: after a power cut it must
+            // not point at an empty compose file.
+            fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", dst.display()))?;
         } else {
             tracing::warn!("{}: not a file or directory, not kept", src.display());
         }
     }
-    Ok(())
+    fs::File::open(to)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", to.display()))
 }

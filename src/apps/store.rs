@@ -233,6 +233,9 @@ impl Store {
         if result.is_err() {
             let _ = fs::remove_file(&partial);
         }
+        if result.is_ok() {
+            crate::failpoint::hit("install-blob-copied");
+        }
         result
     }
 

@@ -53,6 +53,9 @@ pub struct UpdatePolicy {
     /// Targets that failed here before are refused (103) unless set, so a bad stick
     /// plugged again does not loop through install and rollback.
     pub retry_failed_targets: bool,
+    /// Boots of a new rootfs that `run` starts before it gives up on it: a boot that
+    /// starts with this many already counted rolls back (the target is denylisted).
+    pub boot_attempts: u32,
 }
 
 impl Default for UpdatePolicy {
@@ -66,6 +69,7 @@ impl Default for UpdatePolicy {
             allow_tag_switch: false,
             require_bundle_targets: true,
             retry_failed_targets: false,
+            boot_attempts: 3,
         }
     }
 }
@@ -281,6 +285,7 @@ struct UpdateLayer {
     allow_tag_switch: Option<bool>,
     require_bundle_targets: Option<bool>,
     retry_failed_targets: Option<bool>,
+    boot_attempts: Option<u32>,
 }
 
 /// Copies the fields a layer sets onto the merged section; `opt` fields are `Option` in the
@@ -350,6 +355,9 @@ impl Policy {
                 bail!("policy: [agent] {name} must name a program");
             }
         }
+        if policy.update.boot_attempts == 0 {
+            bail!("policy: [update] boot_attempts must be at least 1");
+        }
         if policy.apps.parallel_copies == 0 {
             bail!("policy: [apps] parallel_copies must be at least 1");
         }
@@ -360,7 +368,7 @@ impl Policy {
         if let Some(u) = layer.update {
             merge!(self.update, u;
                 allow_downgrade, allow_reinstall, allow_tag_switch, require_bundle_targets,
-                retry_failed_targets;
+                retry_failed_targets, boot_attempts;
                 opt min_version, max_version, allowed_tags);
         }
         if let Some(a) = layer.agent {
@@ -408,6 +416,8 @@ mod tests {
         let d = UpdatePolicy::default();
         assert!(!d.allow_downgrade && !d.allow_reinstall && !d.allow_tag_switch);
         assert!(d.require_bundle_targets && !d.retry_failed_targets);
+        assert_eq!(d.boot_attempts, 3);
+        assert!(err_of(load_one("[update]\nboot_attempts = 0\n")).contains("boot_attempts"));
         assert_eq!(
             (d.min_version, d.max_version, d.allowed_tags),
             (None, None, None)
@@ -428,7 +438,7 @@ mod tests {
         let p = load_one(
             "[update]\nallow_downgrade = true\nallow_reinstall = true\nmin_version = 10\nmax_version = 500\n\
              allowed_tags = [\"main\", \"devel\"]\nallow_tag_switch = true\nrequire_bundle_targets = false\n\
-             retry_failed_targets = true\n",
+             retry_failed_targets = true\nboot_attempts = 5\n",
         )
         .unwrap();
         let expected = UpdatePolicy {
@@ -440,6 +450,7 @@ mod tests {
             allow_tag_switch: true,
             require_bundle_targets: false,
             retry_failed_targets: true,
+            boot_attempts: 5,
         };
         assert_eq!(p.update, expected);
     }

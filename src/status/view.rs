@@ -160,6 +160,8 @@ mod tests {
             needs_reboot: true,
             installed_at: "2025-01-02T00:00:00Z".into(),
             failed_target: None,
+            boot_attempts: 0,
+            counted_boot: None,
         });
         v.history = vec![entry(1)];
         let lines = human_lines(&v);
