@@ -258,7 +258,7 @@ fn finish(
         }
         Err(e) => {
             report.exit_code = e.code().as_u8();
-            report.result = "failed: nothing was changed".into();
+            report.result = "failed: the device still runs what it ran before".into();
             report.error = Some(e.one_line());
             ctx.fb.step(&format!("error: {}", e.one_line()));
             (e.code(), &Then::Nothing)
