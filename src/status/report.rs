@@ -20,7 +20,8 @@ pub struct Report {
     /// The bundle directory, relative to the stick's root.
     pub bundle: String,
     pub exit_code: u8,
-    /// One line for a person: "installed t-3: rebooting", "failed: the device still runs what it ran before".
+    /// One line for a person: "installed t-3: rebooting",
+    /// "failed: the device still runs what it ran before".
     pub result: String,
     pub error: Option<String>,
     /// Target names before and after.
