@@ -303,6 +303,10 @@ fn tampered_bundle_is_refused_with_error_pattern_and_report() {
     assert_eq!(r.phase(), "error");
     let report = r.report(&stick);
     assert_eq!(report["exit_code"], o.code);
+    assert_eq!(
+        report["result"],
+        "failed: the device still runs what it ran before"
+    );
     assert!(
         report["error"].as_str().unwrap().contains("targets.json"),
         "{report}"
