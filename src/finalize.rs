@@ -16,6 +16,7 @@ use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
+use crate::phase;
 use crate::policy::Policy;
 use crate::state::{FailedTarget, InstalledTarget, Pending, Phase, State};
 
@@ -115,11 +116,14 @@ fn deny(state: &mut State, target: &InstalledTarget, reason: &str) {
 fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     let name = pending.target.name.clone();
     if ctx.compose {
+        let up = phase::start("compose-up");
         let verdict = apps::start(&ctx.cfg, &ctx.policy.apps, &pending.target.apps)?;
         if let Err(reason) = verdict {
             return apps_failed(ctx, state, pending, &reason);
         }
+        up.done();
     }
+    let finalize = phase::start("finalize");
     let bootenv = BootEnv::from_config(&ctx.cfg)?;
     state.previous = state.current.take().or(pending.previous.clone());
     state.current = Some(pending.target.clone());
@@ -142,6 +146,7 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
             tracing::warn!("pruning after the update to {name}: {}", e.one_line());
         }
     }
+    finalize.done();
     Ok(out)
 }
 
