@@ -16,6 +16,7 @@ use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
+use crate::phase;
 use crate::policy::Policy;
 use crate::state::{FailedTarget, InstalledTarget, Pending, Phase, State};
 
@@ -125,13 +126,16 @@ fn deny(state: &mut State, target: &InstalledTarget, reason: &str) {
 fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     let name = pending.target.name.clone();
     if ctx.compose {
+        let up = phase::start("compose-up");
         let verdict = apps::start(&ctx.cfg, &ctx.policy.apps, &pending.target.apps)?;
         if let Err(reason) = verdict {
             let failure = format!("apps of {} failed ({reason})", pending.target.name);
             return apps_failed(ctx, state, pending, &failure);
         }
+        up.done();
         failpoint::hit("run-apps-healthy");
     }
+    let finalize = phase::start("finalize");
     let bootenv = BootEnv::from_config(&ctx.cfg)?;
     state.previous = state.current.take().or(pending.previous.clone());
     state.current = Some(pending.target.clone());
@@ -149,6 +153,7 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     let out = conclude(ctx, state, &name, code, message)?;
     failpoint::hit("run-recorded");
     finish_cleanup(&ctx.cfg, &ctx.policy, &ctx.dir, state)?;
+    finalize.done();
     Ok(out)
 }
 

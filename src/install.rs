@@ -16,11 +16,14 @@ use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
+use crate::phase;
 use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
 
 /// Run `install`; the report says what was found, the result what was done.
 pub fn install(req: &Request) -> (Report, Result<Code>) {
+    let verify = phase::start("verify");
     let (mut report, plan) = check::evaluate(req);
+    verify.done();
     let result = plan.and_then(|plan| apply(plan, &mut report, req.progress.as_ref()));
     if let Err(e) = &result {
         report.error = Some(e.one_line());
@@ -102,6 +105,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
         );
     }
 
+    let pull = phase::start("pull");
     let repo = plan.bundle.path().join("ostree_repo");
     let stats = ostree::pull_from_bundle(pacman, &repo, &target.ostree, &mut |p| {
         tracing::info!(
@@ -116,7 +120,9 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
         }
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
+    pull.done();
     failpoint::hit("install-pulled");
+    let deploy = phase::start("deploy");
     bootenv.update_notify()?;
     failpoint::hit("install-boot-armed");
     failpoint::pause("deploy");
@@ -135,6 +141,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     undo.deployed = true;
     failpoint::hit("install-deployed");
     bootenv.check_boot_firmware(&deployment.path)?;
+    deploy.done();
     let pulled = if stats.skipped {
         "commit already present".to_string()
     } else {

@@ -22,6 +22,7 @@
 //! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
 //! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
+//! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
@@ -42,6 +43,7 @@ pub mod install;
 pub mod lock;
 pub mod media;
 pub mod ostree;
+pub mod phase;
 pub mod policy;
 pub mod select;
 pub mod signature;

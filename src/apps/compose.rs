@@ -145,6 +145,26 @@ fn quote(s: &str) -> String {
     q
 }
 
+/// Whether `program` (a path, or a name looked up in PATH) is a Python script.
+fn python_script(program: &Path) -> bool {
+    let path = if program.components().count() > 1 {
+        Some(program.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    let mut head = [0u8; 128];
+    let n = path
+        .and_then(|p| std::fs::File::open(p).ok())
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head).ok())
+        .unwrap_or(0);
+    let first = head[..n].split(|&b| b == b'\n').next().unwrap_or_default();
+    first.starts_with(b"#!") && first.windows(6).any(|w| w == b"python")
+}
+
 /// How to run compose: `docker compose` (the v2 plugin) or a standalone `docker-compose`.
 #[derive(Debug, Clone)]
 pub struct Cli {
@@ -172,6 +192,12 @@ impl Cli {
                 v2: plugin,
                 docker_host: docker_host.to_string(),
             };
+            // Compose v1 packaged as a Python script (Debian's) takes 1 to 3 s to start, at
+            // every run; v2 is a Go binary, so a Python script is v1 without asking it.
+            if !plugin && python_script(program) {
+                cli.version = "1.x, a Python script".into();
+                return Ok(cli);
+            }
             let out = cli.run(None, &["version", "--short"])?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             cli.version = stdout.lines().next().unwrap_or("").trim().to_string();
@@ -509,6 +535,26 @@ mod tests {
         std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         (bin, log, fail)
+    }
+
+    #[test]
+    fn python_v1_is_not_started_to_tell_its_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("docker-compose");
+        let ran = tmp.path().join("ran");
+        let script = format!("#!/usr/bin/env python3\nopen('{}', 'w')\n", ran.display());
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cli = Cli::find(Some(&bin), "unix:///run/d.sock").unwrap();
+        assert_eq!(
+            cli.describe(),
+            format!("{} 1.x, a Python script (v1)", bin.display())
+        );
+        assert!(!ran.exists(), "the script was run");
+        // A shell script (or a binary) is asked: it may be v2.
+        let (sh, _, _) = fake(tmp.path(), "compose-sh", "2.24.6");
+        let cli = Cli::find(Some(&sh), "unix:///run/d.sock").unwrap();
+        assert_eq!(cli.describe(), format!("{} 2.24.6 (v2)", sh.display()));
     }
 
     #[test]

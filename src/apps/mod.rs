@@ -89,6 +89,7 @@ pub fn prepare(
     progress: &(dyn Fn(FetchProgress) + Sync),
 ) -> Result<Prepared> {
     let engine = Engine::connect()?;
+    let verify = crate::phase::start("verify");
     let apps = target_apps
         .iter()
         .map(|(name, uri)| content::resolve(bundle, name, uri))
@@ -97,10 +98,15 @@ pub fn prepare(
     for app in &apps {
         check_archive(bundle, app, &std::env::temp_dir())?;
     }
+    verify.done();
+    let copy = crate::phase::start("blob-copy");
     let store = Store::new(&cfg.pacman.reset_apps_root);
     let fetch = store.fetch(bundle, &apps, policy.parallel_copies, progress)?;
+    copy.done();
     crate::failpoint::hit("install-apps-fetched");
+    let load = crate::phase::start("image-load");
     let images_loaded = load_images(&engine, &store, &apps)?;
+    load.done();
     crate::failpoint::hit("install-images-loaded");
     // Copying and loading change no container: the record still says what runs now.
     previous::take(&cfg.pacman, &engine, running_apps, &state_dir)?;
