@@ -17,7 +17,9 @@ step() { # name command...
 }
 
 mkdir -p "$mnt"
-step mount mount -o ro,loop "$img" "$mnt"
+# The loop device of an earlier mount of the image may still be detaching: retry.
+mount_ro() { for _ in $(seq 40); do mount -o ro,loop "$img" "$mnt" 2>/dev/null && return 0; sleep 0.25; done; mount -o ro,loop "$img" "$mnt"; }
+step mount mount_ro
 bundle=$mnt/bundle
 commit=$(ostree --repo="$bundle/ostree_repo" rev-parse intel-corei7-64-lmp)
 step pull ostree --repo="$sysroot/ostree/repo" pull-local --untrusted "$bundle/ostree_repo" "$commit" >/dev/null

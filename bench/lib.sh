@@ -8,6 +8,17 @@ since() { echo "$(now) - $1" | bc; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo met; else echo missed; fi; }
 
+# mount_stick IMAGE DIR [OPTIONS]: a loop mount, retried: the loop device of the previous
+# mount of the same image is detached asynchronously and a new mount may find it busy.
+mount_stick() {
+  local i
+  for i in $(seq 40); do
+    mount -o "loop${3:+,$3}" "$1" "$2" 2>/dev/null && return 0
+    sleep 0.25
+  done
+  mount -o "loop${3:+,$3}" "$1" "$2"
+}
+
 bench_build() {
   cargo build --release --quiet --bin usb-update --example make-bundle
   bin=$PWD/target/release/usb-update

@@ -43,7 +43,7 @@ measure() {
   while kill -0 "$tpid" 2>/dev/null; do
     [ -n "$cpid" ] || cpid=$(pgrep -P "$tpid" | head -1 || true)
     if [ -n "$cpid" ]; then
-      while read -r k v _; do [ "$k" = VmHWM: ] && hwm=$v; done <"/proc/$cpid/status" 2>/dev/null || true
+      { while read -r k v _; do [ "$k" = VmHWM: ] && hwm=$v; done <"/proc/$cpid/status"; } 2>/dev/null || true
     fi
     sleep 0.05
   done
@@ -82,7 +82,7 @@ for size in $sizes; do
     truncate -s "$((size * 17 / 10 + 160))M" "$img"
     mkfs.ext4 -q -F -L UPDATE "$img"
     mkdir -p "$s/stick"
-    mount -o loop "$img" "$s/stick"
+    mount_stick "$img" "$s/stick"
     "$make_bundle" --out "$s/stick/bundle" --version 2 --apps 3 --app-layer-bytes "$layer" \
       --bulk-files "$files" --bulk-bytes "$rootfs_bytes" >/dev/null
     docker_save_tars "$s/stick/bundle" "$s/stick/tars" >/dev/null
@@ -93,13 +93,13 @@ for size in $sizes; do
   ln -sfn "$image/bundle" "$s/image"
   ln -sfn "$image/tuf" "$s/tuf"
   ln -sf "$img" "$s/stick.img"
-  mount -o ro,loop "$img" "$s/stick"
+  mount_stick "$img" "$s/stick" ro
   v1=$(ostree --repo="$s/image/ostree_repo" rev-parse intel-corei7-64-lmp)
   bundle=$s/stick/bundle
   v2=$(ostree --repo="$bundle/ostree_repo" rev-parse intel-corei7-64-lmp)
-  total=$(find "$bundle" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
-  rootfs=$(find "$bundle/ostree_repo" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
-  appbytes=$(find "$bundle/apps" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+  total=$(find "$bundle" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
+  rootfs=$(find "$bundle/ostree_repo" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
+  appbytes=$(find "$bundle/apps" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
   nfiles=$(find "$bundle" -type f | wc -l)
   printf '\n== %s MB: bundle of %d bytes in %d files (rootfs %d bytes: %d files of the commit; apps %d bytes), made or found in %.0f s; load %s\n' \
     "$size" "$total" "$nfiles" "$rootfs" "$files" "$appbytes" "$(since "$start")" "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -131,7 +131,7 @@ for size in $sizes; do
   engine_reset
   chattr -R -f -i "$s/hand" 2>/dev/null || true
   rm -rf "$s/hand" "$s/hand-apps"
-  mount -o ro,loop "$s/stick.img" "$s/stick"
+  mount_stick "$s/stick.img" "$s/stick" ro
 
   # Ours, on a fresh device: install, the reboot simulated, run.
   sysroot "$s/ours" "$s/image/ostree_repo" "$v1"
