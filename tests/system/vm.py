@@ -8,7 +8,6 @@ the last 60 console lines are printed and the scenario fails.
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
