@@ -2,7 +2,8 @@
 //!
 //! `cargo run --example make-bundle -- --out DIR [--hwid H] [--version V] [--rootfs-version W]
 //! [--tag T] [--apps N] [--app-layer-bytes L] [--rotations R] [--targets K]
-//! [--device-root-dir D] [--device-roots M] [--bulk-files F --bulk-bytes B]`
+//! [--device-root-dir D] [--device-roots M] [--bulk-files F --bulk-bytes B]
+//! [--rootfs-dir R | --rootfs-commit C]`
 //!
 //! The factory's keys are deterministic, so bundles made by separate runs share one root
 //! chain: a device provisioned by one run accepts bundles of the next.
@@ -63,6 +64,16 @@ struct Args {
     /// Total size of the extra files, in bytes.
     #[arg(long, default_value_t = 0)]
     bulk_bytes: u64,
+    /// Commit this directory as the rootfs instead of a synthetic tree: a bootable root in
+    /// OSTree layout (`usr/etc`, kernel under `usr/lib/modules`), for the system test's VM.
+    /// The device roots (--device-root-dir) are written before it is committed, so that
+    /// they can live inside it.
+    #[arg(long, conflicts_with = "bulk_files")]
+    rootfs_dir: Option<PathBuf>,
+    /// Use this commit, already in OUT/ostree_repo (e.g. a copy of another bundle's repo),
+    /// as the rootfs instead of committing one: a second bundle of the same rootfs.
+    #[arg(long, conflicts_with_all = ["bulk_files", "rootfs_dir"])]
+    rootfs_commit: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,7 +112,35 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let content = if args.bulk_files > 0 {
+    let kind = BundleSpec::new(Vec::new()).kind;
+    if let Some(dir) = &args.device_root_dir {
+        factory.write_device_roots(dir, &kind, device_roots)?;
+        println!(
+            "device:  roots 1..={device_roots} in {}/{kind}",
+            dir.display()
+        );
+    }
+    let content = if let Some(dir) = &args.rootfs_dir {
+        let branch = format!("{}-lmp", args.hwid);
+        let commit = gen_ostree::commit_dir(
+            &args.out.join("ostree_repo"),
+            &branch,
+            dir,
+            &gen_ostree::CommitOptions::new(&branch, Some(rootfs_version)),
+        )?;
+        let apps = gen::write_apps(&args.out, &factory.name, &apps)?;
+        gen::Content { commit, apps }
+    } else if let Some(commit) = &args.rootfs_commit {
+        let repo = args.out.join("ostree_repo");
+        if !gen_ostree::commit_object_path(&repo, commit).is_file() {
+            anyhow::bail!("commit {commit} is not in {}", repo.display());
+        }
+        let apps = gen::write_apps(&args.out, &factory.name, &apps)?;
+        gen::Content {
+            commit: commit.clone(),
+            apps,
+        }
+    } else if args.bulk_files > 0 {
         let commit = gen_ostree::commit_big_tree(
             &args.out.join("ostree_repo"),
             &format!("{}-lmp", args.hwid),
@@ -159,14 +198,6 @@ fn main() -> anyhow::Result<()> {
         factory.latest_version(),
         spec.targets.len()
     );
-    if let Some(dir) = &args.device_root_dir {
-        factory.write_device_roots(dir, &spec.kind, device_roots)?;
-        println!(
-            "device:  roots 1..={device_roots} in {}/{}",
-            dir.display(),
-            spec.kind
-        );
-    }
     println!("took:    {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -94,6 +94,9 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
 /// What to do after the stick is released.
 enum Then {
     Nothing,
+    /// Nothing, and the stick's report stays as it is: a stick left in across the reboot
+    /// it asked for carries the report of that install, which a sighting must not replace.
+    NothingKeepReport,
     Reboot,
 }
 
@@ -122,7 +125,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
                     "this stick was left in across the reboot it asked for: nothing more to do \
                          (remove it and insert it again to retry)"
                         .into(),
-                then: Then::Nothing,
+                then: Then::NothingKeepReport,
             });
         }
     }
@@ -264,7 +267,7 @@ fn finish(
             (e.code(), &Then::Nothing)
         }
     };
-    if ctx.policy.agent.report {
+    if ctx.policy.agent.report && !matches!(then, Then::NothingKeepReport) {
         crate::failpoint::pause("write-report");
         let log = ctx.fb.lines();
         let written = mount.with_writable(|root| crate::status::write_report(root, &report, &log));
@@ -288,8 +291,10 @@ fn finish(
             run_command(&ctx.policy.agent.reboot_command, "rebooting")?;
         }
         // Another updater (or stick) holds the device: not this stick's fault.
-        Then::Nothing if code == Code::Busy => ctx.fb.pattern(Pattern::Busy),
-        Then::Nothing => ctx.fb.pattern(if failed {
+        Then::Nothing | Then::NothingKeepReport if code == Code::Busy => {
+            ctx.fb.pattern(Pattern::Busy)
+        }
+        Then::Nothing | Then::NothingKeepReport => ctx.fb.pattern(if failed {
             Pattern::Error
         } else {
             Pattern::Success

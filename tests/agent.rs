@@ -251,6 +251,16 @@ fn stick_installs_reboots_and_finalizes() {
     );
     assert_eq!(state(&r.s.d)["history"].as_array().unwrap().len(), history);
     assert_eq!(r.actions(), "reboot\n");
+    // The stick still carries the report of the install it did, not of the sighting.
+    let report = r.report(&stick);
+    assert_eq!(report["exit_code"], 100, "{report}");
+    assert!(
+        report["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("installed: "),
+        "{report}"
+    );
 }
 
 #[test]

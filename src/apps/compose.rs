@@ -165,6 +165,9 @@ fn python_script(program: &Path) -> bool {
     first.starts_with(b"#!") && first.windows(6).any(|w| w == b"python")
 }
 
+const HTTP_TIMEOUT_VAR: &str = "COMPOSE_HTTP_TIMEOUT";
+const HTTP_TIMEOUT_SECS: &str = "600";
+
 /// How to run compose: `docker compose` (the v2 plugin) or a standalone `docker-compose`.
 #[derive(Debug, Clone)]
 pub struct Cli {
@@ -293,6 +296,12 @@ impl Cli {
             .env("DOCKER_HOST", &self.docker_host)
             // Nothing may wait for a terminal or prompt (v1 asks before some removals).
             .stdin(Stdio::null());
+        // Compose v1 gives up on an engine call after COMPOSE_HTTP_TIMEOUT (60 s unless set):
+        // a slow device creating containers exceeded it in the system test, and a good update
+        // was then rolled back as an app failure. v2 ignores it; a value the device sets wins.
+        if std::env::var_os(HTTP_TIMEOUT_VAR).is_none() {
+            cmd.env(HTTP_TIMEOUT_VAR, HTTP_TIMEOUT_SECS);
+        }
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
@@ -598,6 +607,24 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn v1_gets_a_long_engine_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bin, log) = (tmp.path().join("docker-compose"), tmp.path().join("log"));
+        let script = format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo 1.29.2; exit 0; fi\n\
+             echo \"$COMPOSE_HTTP_TIMEOUT\" > {}\n",
+            log.display()
+        );
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(tmp.path().join("compose.yaml"), "services: {}\n").unwrap();
+        let cli = Cli::find(Some(&bin), "unix:///d").unwrap();
+        cli.up(tmp.path(), "p").unwrap();
+        let want = std::env::var(HTTP_TIMEOUT_VAR).unwrap_or(HTTP_TIMEOUT_SECS.into());
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), want);
     }
 
     #[test]
