@@ -24,37 +24,10 @@ struct Out {
 }
 
 impl Rig {
+    /// The fault suites' rig (tests/common/agent_rig.rs): the same device, LEDs, console
+    /// and logged reboot and Docker restart commands.
     fn new() -> Rig {
-        let s = AppScene::new(None);
-        let root = s.d.tmp.path().to_path_buf();
-        // A console is never created by the agent (it could be /dev/...): it must exist.
-        std::fs::write(root.join("console"), "").unwrap();
-        let led = root.join("leds/status");
-        std::fs::create_dir_all(&led).unwrap();
-        for f in ["trigger", "brightness", "delay_on", "delay_off"] {
-            std::fs::write(led.join(f), "").unwrap();
-        }
-        let log = |what: &str| {
-            format!(
-                "[\"sh\", \"-c\", \"echo {what} >> {}\"]",
-                root.join("actions").display()
-            )
-        };
-        std::fs::write(
-            s.d.policy.join("20-agent.toml"),
-            format!(
-                "[agent]\nrun_dir = \"{run}\"\nreboot_command = {reboot}\n\
-                 docker_restart_command = {docker}\naklite_unit = \"\"\n\n\
-                 [media]\nrequire_usb = false\n\n\
-                 [feedback]\nleds_path = \"{leds}\"\nleds = [\"status\"]\nconsoles = [\"{console}\"]\n",
-                run = root.join("run/usb-update").display(),
-                reboot = log("reboot"),
-                docker = log("docker-restart"),
-                leds = root.join("leds").display(),
-                console = root.join("console").display(),
-            ),
-        )
-        .unwrap();
+        let common::agent_rig::Rig { s, root } = common::agent_rig::Rig::new();
         Rig { s, root }
     }
 
