@@ -461,14 +461,15 @@ pub fn hashes(sha256: &str) -> String {
     format!("sha256:{}", sha256.to_ascii_uppercase())
 }
 
-/// `custom_meta`: the target's `custom` object, compact with sorted members (jsoncpp).
+/// `custom_meta`: the target's `custom` object, compact with sorted members (jsoncpp), with
+/// the `"ecuIdentifiers": null` that libaktualizr's target parser adds to every one.
 pub fn custom_meta(custom: Option<&Map<String, Value>>) -> String {
-    let empty = Map::new();
-    let custom = custom.unwrap_or(&empty);
-    crate::tuf::canonical::object_to_vec(custom)
+    let mut custom = custom.cloned().unwrap_or_default();
+    custom.entry("ecuIdentifiers").or_insert(Value::Null);
+    crate::tuf::canonical::object_to_vec(&custom)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_else(|| Value::Object(custom.clone()).to_string())
+        .unwrap_or_else(|| Value::Object(custom).to_string())
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn saves_as_libaktualizr_does() {
     assert_eq!(rows[1].correlation_id, "2-x");
     assert_eq!(
         rows[1].custom_meta,
-        r#"{"hardwareIds":["hw"],"name":"\u00e9","tags":["main"],"targetFormat":"OSTREE","version":"2"}"#
+        r#"{"ecuIdentifiers":null,"hardwareIds":["hw"],"name":"\u00e9","tags":["main"],"targetFormat":"OSTREE","version":"2"}"#
     );
     // The same target again updates its (newest) row.
     db.write(|w| w.save("serial-1", &t2, Mode::Current, "2-y"))
