@@ -27,6 +27,8 @@ tags = "devel"
 [storage]
 path = "$work/var"
 uptane_metadata_path = "$work/tuf"
+[import]
+base_path = "$work/var/import"
 TOML
 
 args=(check -c "$work/conf" -p "$work/policy" --src-dir "$work/bundle")

@@ -51,6 +51,10 @@ compose_apps_root = "$3/compose-apps"
 [storage]
 path = "$3"
 uptane_metadata_path = "$4"
+[import]
+base_path = "$3/import"
+[bootloader]
+reboot_sentinel_dir = "$3/aktualizr-session"
 TOML
 }
 

@@ -169,6 +169,10 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         Code::BootFirmware => Ok(Code::BootFirmware),
         _ => Err(e),
     });
+    for n in &install_report.notes {
+        ctx.fb.step(&format!("note: {n}"));
+    }
+    report.notes.extend(install_report.notes.iter().cloned());
     let decision = install_report.decision.clone().unwrap_or_default();
     let outcome = match result {
         Ok(Code::Ok) => Ok(Outcome {
@@ -206,7 +210,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         }),
         Err(e) => Err(e),
     };
-    aklite.start(&ctx.policy);
+    aklite.start(&ctx.policy, &ctx.cfg);
     // What the device runs (or will, after the reboot), not what it ran.
     report.after = match &outcome {
         Ok(_) => install_report
@@ -233,6 +237,10 @@ fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outco
     report
         .durations
         .insert("run".into(), t.elapsed().as_secs_f64());
+    for n in &out.notes {
+        ctx.fb.step(&format!("note: {n}"));
+    }
+    report.notes.extend(out.notes.iter().cloned());
     if out.code != Code::Ok {
         return Err(Error::new(out.code, out.message));
     }
@@ -314,7 +322,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
         tracing::info!("nothing pending");
         // A marker left by a save killed before its state was written.
         State::remove_marker(&ctx.cfg.state_dir())?;
-        Aklite::left_stopped(&ctx.policy).start(&ctx.policy);
+        Aklite::left_stopped(&ctx.policy).start(&ctx.policy, &ctx.cfg);
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
@@ -323,7 +331,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     let aklite = Aklite::stop(&ctx.policy)?;
     let result = crate::finalize::run(&sources.config, &sources.policy);
     crate::failpoint::hit("agent-finalize-ran");
-    aklite.start(&ctx.policy);
+    aklite.start(&ctx.policy, &ctx.cfg);
     let out = match result {
         Ok(o) => o,
         Err(e) => {
@@ -333,6 +341,9 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
         }
     };
     ctx.fb.step(&out.message);
+    for n in &out.notes {
+        ctx.fb.step(&format!("note: {n}"));
+    }
     match out.code {
         Code::Ok => ctx.fb.pattern(Pattern::Success),
         Code::BootFirmware => {
@@ -457,7 +468,15 @@ impl Aklite {
         }
     }
 
-    fn start(self, policy: &Policy) {
+    /// Start it again, unless an installation of ours is pending: from `install` until
+    /// `run` finishes (across the reboot) aktualizr-lite must not run, or it would finalize
+    /// our installation itself; `<run_dir>/aklite-stopped` stays, and the boot-time
+    /// finalize (ordered before aktualizr-lite.service) starts it after `run`.
+    fn start(self, policy: &Policy, cfg: &Config) {
+        if self.stopped && State::load(&cfg.state_dir()).is_ok_and(|s| s.pending.is_some()) {
+            tracing::info!("aktualizr-lite stays stopped until the pending installation is run");
+            return;
+        }
         if self.stopped {
             let argv = [
                 policy.agent.systemctl.clone(),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::bundle::Bundle;
 use crate::config::{Config, PackageManager};
 use crate::device::Device;
-use crate::error::{Code, Result};
+use crate::error::{Code, Error, Result};
 use crate::policy::{decide, fmt_version, Decide, Policy};
 use crate::select::{self, Candidate, Selection};
 use crate::state::{InstalledTarget, State};
@@ -65,7 +65,12 @@ pub struct Report {
     pub selection: Option<Selection>,
     pub selected: Option<Candidate>,
     pub running: Option<InstalledTarget>,
+    /// Where the running target is known from (`running`'s rule).
+    pub running_from: Option<String>,
     pub decision: Option<String>,
+    /// What an operator must know besides the decision: aktualizr-lite's database not
+    /// used, the running version unknown, a mirror not written yet.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +112,9 @@ pub fn evaluate(req: &Request) -> (Report, Result<Plan>) {
 fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let config = Config::load(&req.config)?;
     let policy = Policy::load(&req.policy)?;
-    let device = Device::load(&config)?;
+    let aklite = crate::aklite::View::load(&config);
+    report.notes.extend(aklite.warning.clone());
+    let device = Device::load(&config, &aklite)?;
     let state = State::load(&config.state_dir())?;
     let booted = crate::ostree::booted_commit(&config.pacman)?;
     report.device = Some(DeviceSummary {
@@ -153,12 +160,34 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let chosen = chosen?;
     report.selected = Some(chosen.clone());
 
-    let mut running = running_target(&state, booted.as_deref(), &verified, &device.hwid);
-    if state.current.is_none() {
-        // Known by its commit only: whether its apps run is not known, so they are synced
-        // (aktualizr-lite's "Syncing Active Target Apps") rather than assumed in place.
-        if let Some(r) = running.as_mut() {
-            r.apps.clear();
+    let commit_version = |c: &str| {
+        crate::ostree::commit_version(&config.pacman, c)
+            .ok()
+            .flatten()
+    };
+    let found = crate::running::running(
+        &state,
+        booted.as_deref(),
+        &aklite,
+        &verified.targets,
+        &device.hwid,
+        &commit_version,
+    );
+    let mut running = found.as_ref().map(|(r, _)| r.clone());
+    if let Some((r, source)) = &found {
+        report.running_from = Some(source.describe().to_string());
+        if *source != crate::running::Source::Recorded {
+            // Not ours: whether its apps run is not known, so they are synced
+            // (aktualizr-lite's "Syncing Active Target Apps") rather than assumed in place.
+            if let Some(r) = running.as_mut() {
+                r.apps.clear();
+            }
+        }
+        if r.version.is_none() {
+            report.notes.push(format!(
+                "the running version is unknown ({}, commit {}): the downgrade rule cannot apply",
+                r.name, r.sha256
+            ));
         }
     }
     report.running = running.clone();
@@ -175,6 +204,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         force: req.force,
     })?;
     report.decision = Some(why);
+    pending_elsewhere(&state, &aklite)?;
     Ok(Plan {
         code,
         target: chosen,
@@ -185,49 +215,48 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     })
 }
 
-/// What the device runs: the target recorded by an earlier update or, on a device we never
-/// updated, the TUF target whose commit is booted (aktualizr-lite's "initial target").
-pub fn running_target(
-    state: &State,
-    booted: Option<&str>,
-    verified: &Verified,
-    hwid: &str,
-) -> Option<InstalledTarget> {
-    running_target_from(state, booted, &verified.targets, hwid)
-}
-
-/// [`running_target`] over any list of trusted targets.
-pub fn running_target_from(
-    state: &State,
-    booted: Option<&str>,
-    targets: &[crate::tuf::Target],
-    hwid: &str,
-) -> Option<InstalledTarget> {
-    if let Some(cur) = &state.current {
-        return Some(cur.clone());
+/// An installation waiting for its reboot and `run`: ours, or aktualizr-lite's own (not
+/// one our state is still mirroring into its database): install over it and aktualizr-lite
+/// would finalize a target that is not booted and mark a good one bad.
+fn pending_elsewhere(state: &State, aklite: &crate::aklite::View) -> Result<()> {
+    if let Some(p) = &state.pending {
+        return Err(Error::new(
+            Code::Busy,
+            format!(
+                "an installation of {} is pending: reboot and run `usb-update run` first",
+                p.target.name
+            ),
+        ));
     }
-    let booted = booted?;
-    let mut known: Vec<&crate::tuf::Target> = targets
-        .iter()
-        .filter(|t| t.sha256 == booted && t.hardware_ids() == [hwid])
-        .collect();
-    known.sort_by_key(|t| t.version());
-    Some(match known.as_slice() {
-        [t] => InstalledTarget {
-            name: t.name.clone(),
-            version: t.version(),
-            sha256: booted.to_string(),
-            apps: t.apps(),
-        },
-        // Several targets share the commit (apps-only releases): which one runs is not
-        // known from the rootfs; the lowest version is a safe floor for the downgrade rule.
-        many => InstalledTarget {
-            name: "Initial Target".into(),
-            version: many.first().and_then(|t| t.version()),
-            sha256: booted.to_string(),
-            apps: Default::default(),
-        },
-    })
+    let mirrored = |cid: &str| {
+        state.aklite.as_ref().is_some_and(|m| {
+            m.correlation_id == cid || m.bad.as_ref().is_some_and(|b| b.correlation_id == cid)
+        })
+    };
+    if let Some(p) = aklite.facts().and_then(|f| f.pending()) {
+        if !mirrored(&p.correlation_id) {
+            return Err(Error::new(
+                Code::Busy,
+                format!(
+                    "aktualizr-lite's installation of {} (commit {}) is pending in {}: reboot \
+                     so that aktualizr-lite finishes it, then try again",
+                    p.name,
+                    p.sha256,
+                    aklite.db_path.display()
+                ),
+            ));
+        }
+    }
+    if aklite.busy {
+        return Err(Error::new(
+            Code::Busy,
+            format!(
+                "aktualizr-lite's database {} is busy: another updater is writing it",
+                aklite.db_path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The human lines of a report, one per step.
@@ -310,11 +339,18 @@ pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
     }
     if let Some(run) = &r.running {
         out.push(format!(
-            "running: {} ({}), commit {}",
+            "running: {} ({}), commit {}{}",
             run.name,
             fmt_version(run.version),
-            run.sha256
+            run.sha256,
+            r.running_from
+                .as_deref()
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default()
         ));
+    }
+    for n in &r.notes {
+        out.push(format!("note: {n}"));
     }
     if let Some(d) = &r.decision {
         out.push(format!("policy: {d}"));

@@ -16,7 +16,8 @@ use crate::check;
     about = "Offline (USB) update agent for OSTree + Docker Compose devices"
 )]
 pub struct Cli {
-    /// Accepted for aklite-offline scripts; use USB_UPDATE_LOG for log levels.
+    /// aklite-offline's log level (0 trace .. 5 fatal; logs on stdout); usb-update: accepted
+    /// and ignored (USB_UPDATE_LOG sets its log levels, logs on stderr).
     #[arg(long = "log-level", global = true, hide = true, value_name = "N")]
     pub log_level: Option<u8>,
     #[command(subcommand)]
@@ -159,26 +160,65 @@ fn init_logging() {
         .try_init();
 }
 
+/// aklite-offline's logging: on stdout, at `--log-level` (0 trace, 1 debug, 2 info, the
+/// default, 3 warning, 4 and up error), the bare message unless stdout is a terminal.
+fn init_aklite_logging(level: Option<u8>) {
+    use std::io::IsTerminal as _;
+    let level = match level.unwrap_or(2) {
+        0 => "trace",
+        1 => "debug",
+        2 => "info",
+        3 => "warn",
+        _ => "error",
+    };
+    let tty = std::io::stdout().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stdout)
+        .without_time()
+        .with_target(false)
+        .with_level(tty)
+        .with_ansi(tty)
+        .try_init();
+}
+
+/// Installed or linked as `aklite-offline`: its commands, flags and log output, and its
+/// exit code 1 for usage errors (help is 0).
+fn aklite_offline_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let parsed = Cli::command()
+        .name("aklite-offline")
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
-    init_logging();
-    // Installed or linked as `aklite-offline`, the same commands, flags and codes.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let cli = if name == "aklite-offline" {
-        use clap::{CommandFactory as _, FromArgMatches as _};
-        let matches = Cli::command().name("aklite-offline").get_matches();
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let aklite = name == "aklite-offline";
+    let cli = if aklite {
+        let cli = aklite_offline_cli();
+        init_aklite_logging(cli.log_level);
+        cli
     } else {
+        init_logging();
         Cli::parse()
     };
     let code = match cli.command {
         Command::Check { bundle, json } => run_check(&bundle.into(), json),
         Command::Install { bundle, json } => run_install(&bundle.into(), json),
         Command::Run { sources, json } => run_run(&sources, json),
-        Command::Current { sources, json } => run_current(&sources, json),
+        Command::Current { sources, json } => run_current(&sources, json, aklite),
         Command::Status { sources, json } => run_status(&sources, json),
         Command::Agent { command } => run_agent(command),
         Command::Bundle {
@@ -225,14 +265,20 @@ fn run_install(req: &check::Request, json: bool) -> u8 {
 }
 
 fn run_run(sources: &Sources, json: bool) -> u8 {
-    let (code, message) = match crate::finalize::run(&sources.config, &sources.policy) {
-        Ok(o) => (o.code.as_u8(), o.message),
-        Err(e) => (e.code().as_u8(), format!("error: {}", e.one_line())),
+    let (code, message, notes) = match crate::finalize::run(&sources.config, &sources.policy) {
+        Ok(o) => (o.code.as_u8(), o.message, o.notes),
+        Err(e) => (
+            e.code().as_u8(),
+            format!("error: {}", e.one_line()),
+            Vec::new(),
+        ),
     };
     let text = if json {
-        serde_json::json!({"exit_code": code, "message": message}).to_string() + "\n"
+        serde_json::json!({"exit_code": code, "message": message, "notes": notes}).to_string()
+            + "\n"
     } else {
-        format!("{message}\nrun returned {code}\n")
+        let notes: String = notes.iter().map(|n| format!("note: {n}\n")).collect();
+        format!("{message}\n{notes}run returned {code}\n")
     };
     print_out(&text);
     code
@@ -264,12 +310,13 @@ fn run_agent(command: AgentCommand) -> u8 {
     }
 }
 
-fn run_current(sources: &Sources, json: bool) -> u8 {
-    print_view(
-        crate::current::current(&sources.config),
-        json,
-        crate::current::human_lines,
-    )
+fn run_current(sources: &Sources, json: bool, aklite: bool) -> u8 {
+    let lines = if aklite {
+        crate::current::aklite_lines
+    } else {
+        crate::current::human_lines
+    };
+    print_view(crate::current::current(&sources.config), json, lines)
 }
 
 fn run_status(sources: &Sources, json: bool) -> u8 {

@@ -1,9 +1,9 @@
-//! `usb-update current`: what the device runs now. Read-only (aktualizr-lite's `current`
-//! finalizes a pending install as a side effect and always exits 1; this one does neither).
+//! `usb-update current`: what the device runs now (the `running` rule). Read-only
+//! (aktualizr-lite's `current` finalizes a pending install as a side effect and always
+//! exits 1; this one does neither).
 
 use serde::Serialize;
 
-use crate::check::running_target_from;
 use crate::config::{Config, PackageManager};
 use crate::error::Result;
 use crate::state::State;
@@ -14,6 +14,8 @@ pub struct Current {
     pub name: String,
     pub version: Option<u64>,
     pub ostree: Option<String>,
+    /// Where that is known from.
+    pub from: Option<String>,
     /// Every app of the target, and whether this device runs it (`[pacman] compose_apps`).
     pub apps: Vec<AppLine>,
     /// The last result of `install` or `run`, so a rollback is visible here too.
@@ -27,10 +29,11 @@ pub struct AppLine {
     pub on: bool,
 }
 
-/// The running target: recorded by our last update, else matched by booted commit
-/// against the TUF targets that an earlier update stored (verified when stored).
+/// The running target by the `running` rule, the trusted targets being those an earlier
+/// update stored (verified when stored).
 pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
     let cfg = Config::load(config)?;
+    let aklite = crate::aklite::View::load(&cfg);
     let state = State::load(&cfg.state_dir())?;
     let booted = crate::ostree::booted_commit(&cfg.pacman)?;
     let stored = State::tuf_dir(&cfg.state_dir()).join("targets.json");
@@ -43,14 +46,25 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
         }
         Err(_) => Vec::new(),
     };
-    let hwid = &cfg.provision.primary_ecu_hardware_id;
-    let running = running_target_from(&state, booted.as_deref(), &targets, hwid);
+    let hwid = aklite
+        .hardware_id()
+        .unwrap_or(&cfg.provision.primary_ecu_hardware_id)
+        .to_string();
+    let commit_version = |c: &str| crate::ostree::commit_version(&cfg.pacman, c).ok().flatten();
+    let running = crate::running::running(
+        &state,
+        booted.as_deref(),
+        &aklite,
+        &targets,
+        &hwid,
+        &commit_version,
+    );
     let compose = cfg.pacman.kind == PackageManager::OstreeComposeApps;
     let last = state.history.last().cloned();
     Ok(match running {
-        Some(r) => Current {
-            apps: r
-                .apps
+        Some((r, from)) => Current {
+            from: Some(from.describe().to_string()),
+            apps: all_apps(&r)
                 .iter()
                 .map(|(name, uri)| AppLine {
                     name: name.clone(),
@@ -72,10 +86,35 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
             name: "unknown".into(),
             version: None,
             ostree: None,
+            from: None,
             apps: Vec::new(),
             last,
         },
     })
+}
+
+/// Every app of the target (its TUF `custom` when known), not only those this device runs.
+fn all_apps(t: &crate::state::InstalledTarget) -> std::collections::BTreeMap<String, String> {
+    match &t.custom {
+        Some(c) => crate::aklite::known_target(&t.name, &t.sha256, c).apps,
+        None => t.apps.clone(),
+    }
+}
+
+/// As aktualizr-lite's `current` prints it (the `aklite-offline` personality).
+pub fn aklite_lines(c: &Current) -> Vec<String> {
+    let mut out = vec![
+        format!("Target: {}", c.name),
+        format!("Ostree hash: {}", c.ostree.as_deref().unwrap_or("")),
+    ];
+    if !c.apps.is_empty() {
+        out.push("Apps:".into());
+    }
+    for a in &c.apps {
+        let on = if a.on { "on " } else { "off" };
+        out.push(format!("\t{on}: {} -> {}", a.name, a.uri));
+    }
+    out
 }
 
 pub fn human_lines(c: &Current) -> Vec<String> {

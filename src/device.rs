@@ -23,11 +23,18 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn load(cfg: &Config) -> Result<Device> {
+    /// Who the device is, as aktualizr-lite sees it too: the primary ECU's hardware id
+    /// from its database (frozen at its first start) wins over the config, and the TUF
+    /// metadata it stored extend our trust (its roots) and set rollback floors (its
+    /// versions of the other roles).
+    pub fn load(cfg: &Config, aklite: &crate::aklite::View) -> Result<Device> {
         let kind = cfg.device_type()?;
-        let trust = load_trust(cfg, kind)?;
+        let trust = load_trust(cfg, kind, aklite.facts())?;
         Ok(Device {
-            hwid: cfg.provision.primary_ecu_hardware_id.clone(),
+            hwid: aklite
+                .hardware_id()
+                .unwrap_or(&cfg.provision.primary_ecu_hardware_id)
+                .to_string(),
             tags: cfg.pacman.tags.clone(),
             kind,
             trust,
@@ -89,8 +96,14 @@ pub fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTree
 }
 
 /// The device's trusted root: the provisioned chain verified from its first root, then the
-/// roots stored by earlier updates, each a verified rotation of the one before.
-pub fn load_trust(cfg: &Config, kind: DeviceType) -> Result<Trust> {
+/// roots stored by earlier updates (ours, or aktualizr-lite's in its database), each a
+/// verified rotation of the one before; a newer root of aktualizr-lite's beyond a gap is
+/// an anchor of its own (it verified the chain when it stored it), checked as self-signed.
+pub fn load_trust(
+    cfg: &Config,
+    kind: DeviceType,
+    aklite: Option<&crate::aklite::db::Facts>,
+) -> Result<Trust> {
     let provisioned = provisioned_roots(cfg, kind)?;
     let mut iter = provisioned.iter();
     let Some((_, first)) = iter.next() else {
@@ -106,18 +119,43 @@ pub fn load_trust(cfg: &Config, kind: DeviceType) -> Result<Trust> {
         chain.push(step(&root, path));
     }
     let stored_dir = State::tuf_dir(&cfg.state_dir());
+    let db_roots = aklite.map(|f| &f.roots);
+    let db_name = |v: u64| {
+        format!(
+            "{} (aktualizr-lite) root v{v}",
+            cfg.storage.sqldb_path.display()
+        )
+    };
     loop {
-        let path = stored_dir.join(format!("{}.root.json", root.version + 1));
-        if !path.exists() {
+        let next = root.version + 1;
+        let path = stored_dir.join(format!("{next}.root.json"));
+        if path.exists() {
+            root = rotate(&root, &read_envelope(&path)?, &path.display().to_string())?;
+            chain.push(step(&root, &path));
+        } else if let Some(bytes) = db_roots.and_then(|r| r.get(&next)) {
+            root = rotate(&root, &db_envelope(bytes, &db_name(next))?, &db_name(next))?;
+            chain.push(step_named(&root, db_name(next)));
+        } else {
             break;
         }
-        root = rotate(&root, &read_envelope(&path)?, &path.display().to_string())?;
-        chain.push(step(&root, &path));
     }
+    if let Some((&v, bytes)) = db_roots.and_then(|r| r.last_key_value()) {
+        if v > root.version {
+            root = anchor(&db_envelope(bytes, &db_name(v))?, &db_name(v))?;
+            chain.push(step_named(&root, db_name(v)));
+        }
+    }
+    let db_version = |kind: i64| {
+        aklite
+            .and_then(|f| f.roles.get(&kind))
+            .and_then(|b| Envelope::parse(b).ok())
+            .and_then(|e| e.version().ok())
+    };
+    use crate::aklite::db::{SNAPSHOT, TARGETS, TIMESTAMP};
     let stored = StoredVersions {
-        timestamp: stored_version(&stored_dir.join("timestamp.json"))?,
-        snapshot: stored_version(&stored_dir.join("snapshot.json"))?,
-        targets: stored_version(&stored_dir.join("targets.json"))?,
+        timestamp: stored_version(&stored_dir.join("timestamp.json"))?.max(db_version(TIMESTAMP)),
+        snapshot: stored_version(&stored_dir.join("snapshot.json"))?.max(db_version(SNAPSHOT)),
+        targets: stored_version(&stored_dir.join("targets.json"))?.max(db_version(TARGETS)),
     };
     Ok(Trust {
         root,
@@ -127,11 +165,19 @@ pub fn load_trust(cfg: &Config, kind: DeviceType) -> Result<Trust> {
 }
 
 fn step(root: &crate::tuf::Root, path: &Path) -> RootStep {
+    step_named(root, path.display().to_string())
+}
+
+fn step_named(root: &crate::tuf::Root, source: String) -> RootStep {
     RootStep {
         version: root.version,
         expires: root.expires.clone(),
-        source: path.display().to_string(),
+        source,
     }
+}
+
+fn db_envelope(bytes: &[u8], what: &str) -> Result<Envelope> {
+    Envelope::parse(bytes).map_err(|e| Error::security(format!("trusted metadata {what}: {e}")))
 }
 
 fn stored_version(path: &Path) -> Result<Option<u64>> {

@@ -26,6 +26,9 @@ pub const POINTS: &[&str] = &[
     "state-marker-written",
     "state-written",
     "install-recorded",
+    // aktualizr-lite's database written after our state was saved (install's pending row,
+    // run's current row or bad mark): the one write between the two
+    "aklite-mirrored",
     // agent handle, after install
     "agent-installed",
     "agent-left-in-recorded",

@@ -9,11 +9,13 @@
 
 use std::path::PathBuf;
 
+use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps::{self, previous};
 use crate::bootloader::BootEnv;
 use crate::config::{Config, PackageManager};
 use crate::error::{Code, Error, Result};
 use crate::failpoint;
+use crate::install::Hooks;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::phase;
@@ -24,6 +26,8 @@ use crate::state::{FailedTarget, InstalledTarget, Pending, Phase, State};
 pub struct Outcome {
     pub code: Code,
     pub message: String,
+    /// Besides the result: aktualizr-lite's database not written (yet), and why.
+    pub notes: Vec<String>,
 }
 
 struct Ctx {
@@ -31,6 +35,17 @@ struct Ctx {
     policy: Policy,
     dir: PathBuf,
     compose: bool,
+    hooks: Hooks,
+    notes: std::cell::RefCell<Vec<String>>,
+}
+
+impl Ctx {
+    /// Apply the state's mirror to aktualizr-lite's database (after the state is saved).
+    fn mirror(&self, state: &State) {
+        self.notes
+            .borrow_mut()
+            .extend(mirror::converge(&self.cfg, state).warning);
+    }
 }
 
 pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
@@ -39,6 +54,9 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
     let _lock = UpdateLock::try_acquire(&policy.agent.lock_file)?;
     let dir = cfg.state_dir();
     let mut state = State::load(&dir)?;
+    // Our last step, into aktualizr-lite's database, if a crash or a busy database cut
+    // it short.
+    let notes = mirror::converge(&cfg, &state).warning.into_iter().collect();
     let pacman = &cfg.pacman;
     let Some(pending) = state.pending.clone() else {
         drop_failed_default(pacman, &state)?;
@@ -51,6 +69,8 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
             "no installation is pending",
         ));
     };
+    let hooks = Hooks::new(&cfg, &state);
+    hooks.event("install-final-pre", Some(&pending.target.name), None);
     if pending.needs_reboot && ostree::boot_id(pacman)? == pending.boot_id {
         let what = match pending.phase {
             Phase::RollingBack => format!("the rollback to {}", pending.target.name),
@@ -67,6 +87,8 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
         policy,
         dir,
         compose,
+        hooks,
+        notes: std::cell::RefCell::new(notes),
     };
     let booted = ostree::booted(&ctx.cfg.pacman)?.map(|d| d.csum);
     let on_target = booted.as_deref() == Some(pending.target.sha256.as_str());
@@ -95,7 +117,10 @@ pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
         (_, true) => commit(&ctx, &mut state, &pending)?,
         (_, false) => bootloader_rollback(&ctx, &mut state, &pending, booted.as_deref())?,
     };
-    Ok(outcome)
+    Ok(Outcome {
+        notes: ctx.notes.into_inner(),
+        ..outcome
+    })
 }
 
 /// Clear the pending work, record the result, save.
@@ -109,7 +134,32 @@ fn conclude(
     state.pending = None;
     state.record("run", target, code.as_u8(), &message);
     state.save(&ctx.dir)?;
-    Ok(Outcome { code, message })
+    Ok(Outcome {
+        code,
+        message,
+        notes: Vec::new(),
+    })
+}
+
+/// What aktualizr-lite's database says after `failed` failed and `previous` (if known to
+/// it by its TUF `custom`) runs again, or is pending again when `reboot`.
+fn failure_mirror(
+    state: &State,
+    failed: &InstalledTarget,
+    previous: Option<&InstalledTarget>,
+    reboot: Option<&str>,
+) -> Mirror {
+    let bad = Mirror::bad_of(state.aklite.as_ref(), failed);
+    let then = match (previous.filter(|p| p.custom.is_some()), reboot) {
+        (Some(p), Some(boot_id)) => Then::Pending {
+            target: p.clone(),
+            reboot: true,
+            boot_id: boot_id.to_string(),
+        },
+        (Some(p), None) => Then::Current { target: p.clone() },
+        (None, _) => Then::Nothing,
+    };
+    Mirror::new(then, Some(bad))
 }
 
 fn deny(state: &mut State, target: &InstalledTarget, reason: &str) {
@@ -140,6 +190,15 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     state.previous = state.current.take().or(pending.previous.clone());
     state.current = Some(pending.target.clone());
     state.cleanup = Some(pending.target.clone());
+    state.aklite = Some(match &state.aklite {
+        Some(m) => m.current_after(&pending.target),
+        None => Mirror::new(
+            Then::Current {
+                target: pending.target.clone(),
+            },
+            None,
+        ),
+    });
     bootenv.set_boot_ok()?;
     failpoint::hit("run-boot-ok-set");
     let (code, message) = if bootenv.boot_firmware_pending()? {
@@ -152,6 +211,8 @@ fn commit(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Outcome> {
     };
     let out = conclude(ctx, state, &name, code, message)?;
     failpoint::hit("run-recorded");
+    ctx.mirror(state);
+    ctx.hooks.event("install-post", Some(&name), Some("OK"));
     finish_cleanup(&ctx.cfg, &ctx.policy, &ctx.dir, state)?;
     finalize.done();
     Ok(out)
@@ -222,6 +283,8 @@ fn count_boot(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Option<
 fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -> Result<Outcome> {
     let target = &pending.target;
     deny(state, target, failure);
+    ctx.hooks
+        .event("install-post", Some(&target.name), Some("FAILED"));
     // Without apps (an OSTree-only device, here for `boot_attempts`) there is nothing
     // to restore but the deployment.
     let loaded = if ctx.compose {
@@ -229,36 +292,51 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -
     } else {
         Ok(previous::Record::empty())
     };
+    let stays = |state: &State| failure_mirror(state, target, None, None);
     let record = match loaded {
         Ok(r) => r,
         Err(why) => {
             // Nothing to go back to: the device stays on the target, as it is.
             state.current = Some(target.clone());
             let msg = format!("{failure}; the previous apps are unknown ({why}): nothing restored");
-            return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
+            let m = stays(state);
+            return concluded(ctx, state, &target.name, Code::RollbackImpossible, msg, m);
         }
     };
+    let previous = previous_target(pending);
+    if !pending.needs_reboot {
+        ctx.hooks.event("install-pre", Some(&previous.name), None);
+    }
     let restored = if ctx.compose {
         apps::restore(&ctx.cfg, &ctx.policy.apps, &record)?
     } else {
         Ok(())
     };
     failpoint::hit("run-rollback-apps-restored");
-    let previous = previous_target(pending);
     if !pending.needs_reboot {
-        return Ok(match restored {
-            Ok(()) => {
-                let msg = format!(
+        let (code, msg, m) = match restored {
+            Ok(()) => (
+                Code::RolledBack,
+                format!(
                     "{failure}: the previous apps of {} are running again",
                     previous.name
-                );
-                conclude(ctx, state, &target.name, Code::RolledBack, msg)?
-            }
-            Err(why) => {
-                let msg = format!("{failure} and the previous apps did not come back ({why})");
-                conclude(ctx, state, &target.name, Code::RollbackImpossible, msg)?
-            }
-        });
+                ),
+                failure_mirror(state, target, Some(&previous), None),
+            ),
+            Err(why) => (
+                Code::RollbackImpossible,
+                format!("{failure} and the previous apps did not come back ({why})"),
+                stays(state),
+            ),
+        };
+        let result = if code == Code::RolledBack {
+            "OK"
+        } else {
+            "FAILED"
+        };
+        ctx.hooks
+            .event("install-post", Some(&previous.name), Some(result));
+        return concluded(ctx, state, &target.name, code, msg, m);
     }
     if let Err(why) = &restored {
         tracing::warn!("previous apps on the new rootfs: {why}; retried after the reboot");
@@ -266,18 +344,27 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -
     let Some(rollback) = pending.rollback_deployment.clone() else {
         state.current = Some(target.clone());
         let msg = format!("{failure}; the previous deployment is unknown: nothing restored");
-        return conclude(ctx, state, &target.name, Code::RollbackImpossible, msg);
+        let m = stays(state);
+        return concluded(ctx, state, &target.name, Code::RollbackImpossible, msg, m);
     };
+    ctx.hooks.event("install-pre", Some(&previous.name), None);
     ostree::make_default(&ctx.cfg.pacman, &rollback)?;
     failpoint::hit("run-rollback-default-set");
     let msg = format!(
         "{failure}: rollback to {} deployed: reboot, then run",
         previous.name
     );
+    let boot_id = ostree::boot_id(&ctx.cfg.pacman)?;
+    state.aklite = Some(failure_mirror(
+        state,
+        target,
+        Some(&previous),
+        Some(&boot_id),
+    ));
     state.pending = Some(Pending {
-        target: previous,
+        target: previous.clone(),
         phase: Phase::RollingBack,
-        boot_id: ostree::boot_id(&ctx.cfg.pacman)?,
+        boot_id,
         previous: None,
         rollback_deployment: None,
         needs_reboot: true,
@@ -289,10 +376,32 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -
     state.record("run", &target.name, Code::NeedsReboot.as_u8(), &msg);
     state.save(&ctx.dir)?;
     failpoint::hit("run-rollback-pending-recorded");
+    ctx.mirror(state);
+    ctx.hooks.event(
+        "install-post",
+        Some(&previous.name),
+        Some("NEEDS_COMPLETION"),
+    );
     Ok(Outcome {
         code: Code::NeedsReboot,
         message: msg,
+        notes: Vec::new(),
     })
+}
+
+/// [`conclude`] with the mirror of the result, applied once saved.
+fn concluded(
+    ctx: &Ctx,
+    state: &mut State,
+    target: &str,
+    code: Code,
+    message: String,
+    mirror: Mirror,
+) -> Result<Outcome> {
+    state.aklite = Some(mirror);
+    let out = conclude(ctx, state, target, code, message)?;
+    ctx.mirror(state);
+    Ok(out)
 }
 
 /// What a rollback returns to: the target recorded at install, or the deployment that was
@@ -306,6 +415,7 @@ fn previous_target(pending: &Pending) -> InstalledTarget {
             .clone()
             .unwrap_or_else(|| pending.target.sha256.clone()),
         apps: Default::default(),
+        custom: None,
     })
 }
 
@@ -331,17 +441,24 @@ fn finish_rollback(ctx: &Ctx, state: &mut State, pending: &Pending) -> Result<Ou
     BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
     state.current = Some(pending.target.clone());
     let name = pending.target.name.clone();
-    let out = match verdict {
-        Ok(()) => {
-            let msg = format!("rolled back to {name} after {failed} failed");
-            conclude(ctx, state, &failed, Code::Ok, msg)
-        }
-        Err(why) => {
-            let msg = format!("rolled back to {name}'s rootfs after {failed} failed, but its apps did not come back: {why}");
-            conclude(ctx, state, &failed, Code::RollbackImpossible, msg)
-        }
+    if pending.target.custom.is_some() {
+        state.aklite = state
+            .aklite
+            .as_ref()
+            .map(|m| m.current_after(&pending.target));
+    }
+    let (code, msg) = match verdict {
+        Ok(()) => (Code::Ok, format!("rolled back to {name} after {failed} failed")),
+        Err(why) => (
+            Code::RollbackImpossible,
+            format!("rolled back to {name}'s rootfs after {failed} failed, but its apps did not come back: {why}"),
+        ),
     };
+    let out = conclude(ctx, state, &failed, code, msg);
     failpoint::hit("run-rollback-finished");
+    ctx.mirror(state);
+    let result = if code == Code::Ok { "OK" } else { "FAILED" };
+    ctx.hooks.event("install-post", Some(&name), Some(result));
     out
 }
 
@@ -382,8 +499,16 @@ fn bootloader_rollback(
     // Disarmed before the record: a run killed after it finds nothing pending and would
     // leave boot counting armed on the good rootfs.
     BootEnv::from_config(&ctx.cfg)?.set_boot_ok()?;
+    state.aklite = Some(failure_mirror(
+        state,
+        &pending.target,
+        pending.previous.as_ref(),
+        None,
+    ));
     let out = conclude(ctx, state, &name, code, reason)?;
     failpoint::hit("run-rollback-recorded");
+    ctx.mirror(state);
+    ctx.hooks.event("install-post", Some(&name), Some("FAILED"));
     ostree::remove_deployment(&ctx.cfg.pacman, &pending.target.sha256)?;
     failpoint::hit("run-failed-deployment-removed");
     Ok(out)

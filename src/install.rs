@@ -8,6 +8,8 @@
 //! commit already deployed as default is reused, and the pending record and the trusted
 //! metadata are written atomically, in that order, last.
 
+use crate::aklite::callback::{Callback, Event};
+use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps;
 use crate::bootloader::BootEnv;
 use crate::check::{self, Plan, Report, Request};
@@ -22,9 +24,32 @@ use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
 /// Run `install`; the report says what was found, the result what was done.
 pub fn install(req: &Request) -> (Report, Result<Code>) {
     let verify = phase::start("verify");
+    // The shared lock first: what aktualizr-lite's database says is read under it, after
+    // our last step's mirror is applied (a crash in between converges here).
+    let (lock, cfg, state, notes) = match lock_and_converge(req) {
+        Ok(x) => x,
+        Err(e) => {
+            let report = Report {
+                exit_code: e.code().as_u8(),
+                error: Some(e.one_line()),
+                ..Report::default()
+            };
+            return (report, Err(e));
+        }
+    };
+    let hooks = Hooks::new(&cfg, &state);
+    hooks.event("check-for-update-pre", None, None);
     let (mut report, plan) = check::evaluate(req);
+    report.notes.splice(0..0, notes);
     verify.done();
-    let result = plan.and_then(|plan| apply(plan, &mut report, req.progress.as_ref()));
+    let post = match &plan {
+        Ok(_) => "OK".to_string(),
+        Err(e) => format!("FAILED: {}", e.one_line()),
+    };
+    let selected = report.selected.as_ref().map(|c| c.name.clone());
+    hooks.event("check-for-update-post", selected.as_deref(), Some(&post));
+    let result =
+        plan.and_then(|plan| apply(plan, lock, &hooks, &mut report, req.progress.as_ref()));
     if let Err(e) = &result {
         report.error = Some(e.one_line());
         report.exit_code = e.code().as_u8();
@@ -32,20 +57,50 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     (report, result)
 }
 
-fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) -> Result<Code> {
-    let _lock = UpdateLock::try_acquire(&plan.policy.agent.lock_file)?;
-    let dir = plan.config.state_dir();
-    // Re-read under the lock: another updater may have finished in between.
-    let mut state = State::load(&dir)?;
-    if let Some(p) = &state.pending {
-        return Err(Error::new(
-            Code::Busy,
-            format!(
-                "an installation of {} is pending: reboot and run `usb-update run` first",
-                p.target.name
-            ),
-        ));
+type Prepared = (UpdateLock, crate::config::Config, State, Vec<String>);
+
+fn lock_and_converge(req: &Request) -> Result<Prepared> {
+    let policy = crate::policy::Policy::load(&req.policy)?;
+    let lock = UpdateLock::try_acquire(&policy.agent.lock_file)?;
+    let cfg = crate::config::Config::load(&req.config)?;
+    let state = State::load(&cfg.state_dir())?;
+    let applied = mirror::converge(&cfg, &state);
+    Ok((lock, cfg, state, applied.warning.into_iter().collect()))
+}
+
+/// `[pacman] callback_program` at aktualizr-lite's steps, with the running target's name.
+pub(crate) struct Hooks {
+    callback: Callback,
+    current: String,
+}
+
+impl Hooks {
+    pub(crate) fn new(cfg: &crate::config::Config, state: &State) -> Hooks {
+        Hooks {
+            callback: Callback::new(cfg),
+            current: crate::running::running_name(cfg, state),
+        }
     }
+
+    pub(crate) fn event(&self, message: &str, install: Option<&str>, result: Option<&str>) {
+        self.callback.run(Event {
+            message,
+            current: Some(&self.current),
+            install,
+            result,
+        });
+    }
+}
+
+fn apply(
+    plan: Plan,
+    _lock: UpdateLock,
+    hooks: &Hooks,
+    report: &mut Report,
+    progress: Option<&check::Progress>,
+) -> Result<Code> {
+    let dir = plan.config.state_dir();
+    let mut state = State::load(&dir)?;
     if plan.code == Code::Ok {
         return Ok(Code::Ok);
     }
@@ -62,6 +117,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     let running = report.running.clone();
     let rollback_deployment = ostree::booted(pacman)?.map(|d| d.csum);
     let compose = pacman.kind == PackageManager::OstreeComposeApps;
+    let download = Step::start(hooks, &target.name, "download");
     let apps_note = if compose {
         let running_apps = running.as_ref().map(|r| r.apps.clone()).unwrap_or_default();
         let prepared = apps::prepare(
@@ -95,14 +151,20 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
         String::new()
     };
     if plan.code == Code::AppsNeedRestart {
-        return record_apps_only(
-            plan,
+        download.finish("OK");
+        let step = Step::start(hooks, &target.name, "install");
+        let recorded = record_apps_only(
+            &plan,
             &mut state,
             running,
             rollback_deployment,
             &apps_note,
             report,
         );
+        if recorded.is_ok() {
+            step.finish("NEEDS_COMPLETION");
+        }
+        return recorded;
     }
 
     let pull = phase::start("pull");
@@ -121,7 +183,9 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
     pull.done();
+    download.finish("OK");
     failpoint::hit("install-pulled");
+    let step = Step::start(hooks, &target.name, "install");
     let deploy = phase::start("deploy");
     bootenv.update_notify()?;
     failpoint::hit("install-boot-armed");
@@ -157,7 +221,7 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
         target.name
     );
     let pending = Pending {
-        target: installed(target),
+        target: installed(&plan),
         phase: Phase::Deployed,
         boot_id: ostree::boot_id(pacman)?,
         previous: running,
@@ -172,7 +236,46 @@ fn apply(plan: Plan, report: &mut Report, progress: Option<&check::Progress>) ->
     // every file of ours is fsynced with its directory.
     let recorded = record(&plan, &mut state, pending, Code::NeedsReboot, msg, report);
     undo.done = recorded.is_ok();
+    if recorded.is_ok() {
+        step.finish("NEEDS_COMPLETION");
+    }
     recorded
+}
+
+/// `<step>-pre` now, `<step>-post` with the result when finished, `FAILED` when dropped
+/// unfinished (an error returned in between).
+struct Step<'a> {
+    hooks: &'a Hooks,
+    target: &'a str,
+    post: String,
+    done: bool,
+}
+
+impl<'a> Step<'a> {
+    fn start(hooks: &'a Hooks, target: &'a str, step: &str) -> Step<'a> {
+        hooks.event(&format!("{step}-pre"), Some(target), None);
+        Step {
+            hooks,
+            target,
+            post: format!("{step}-post"),
+            done: false,
+        }
+    }
+
+    fn finish(mut self, result: &str) {
+        self.done = true;
+        self.hooks
+            .event(&self.post, Some(self.target), Some(result));
+    }
+}
+
+impl Drop for Step<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.hooks
+                .event(&self.post, Some(self.target), Some("FAILED"));
+        }
+    }
 }
 
 /// A failure after boot counting was armed (a full disk at the deploy or at the records):
@@ -207,12 +310,20 @@ impl Drop for Undo<'_> {
     }
 }
 
-fn installed(target: &crate::select::Candidate) -> InstalledTarget {
+/// The selected target as recorded: the apps this device runs, the TUF `custom` object.
+fn installed(plan: &Plan) -> InstalledTarget {
+    let target = &plan.target;
     InstalledTarget {
         name: target.name.clone(),
         version: target.version,
         sha256: target.ostree.clone(),
         apps: target.apps.clone(),
+        custom: plan
+            .verified
+            .targets
+            .iter()
+            .find(|t| t.name == target.name)
+            .map(|t| t.custom.clone()),
     }
 }
 
@@ -234,17 +345,30 @@ fn record(
         write_atomic(&tuf.join(name), bytes)?;
     }
     failpoint::hit("install-tuf-stored");
+    state.aklite = Some(Mirror::new(
+        Then::Pending {
+            target: pending.target.clone(),
+            reboot: pending.needs_reboot,
+            boot_id: pending.boot_id.clone(),
+        },
+        None,
+    ));
     state.pending = Some(pending);
     state.record("install", &plan.target.name, code.as_u8(), &msg);
     state.save(&dir)?;
     failpoint::hit("install-recorded");
+    // aktualizr-lite's database: our target pending (re-applied at the next start if
+    // this is cut short).
+    report
+        .notes
+        .extend(mirror::converge(&plan.config, state).warning);
     report.decision = Some(msg);
     Ok(code)
 }
 
 /// Apps-only target: nothing to deploy; the pending record tells `run` to start the apps.
 fn record_apps_only(
-    plan: Plan,
+    plan: &Plan,
     state: &mut State,
     running: Option<InstalledTarget>,
     rollback_deployment: Option<String>,
@@ -258,7 +382,7 @@ fn record_apps_only(
         apps_note.trim_start_matches("; ")
     );
     let pending = Pending {
-        target: installed(target),
+        target: installed(plan),
         phase: Phase::Apps,
         boot_id: ostree::boot_id(&plan.config.pacman)?,
         previous: running,
@@ -269,5 +393,5 @@ fn record_apps_only(
         boot_attempts: 0,
         counted_boot: None,
     };
-    record(&plan, state, pending, Code::AppsNeedRestart, msg, report)
+    record(plan, state, pending, Code::AppsNeedRestart, msg, report)
 }

@@ -13,7 +13,9 @@
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
 //! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
+//! - [`running`]: what the device runs: the booted commit is the truth;
 //! - [`agent`]: `agent handle|finalize|watch`: the automatic flow from stick to finished update;
+//! - [`aklite`]: living beside aktualizr-lite: its database, import file, current-target, callbacks;
 //! - [`apps`]: Compose apps: the app store, images into Docker, projects, health, rollback;
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
@@ -27,6 +29,7 @@
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
 
 pub mod agent;
+pub mod aklite;
 pub mod apps;
 pub mod bootloader;
 pub mod bundle;
@@ -45,6 +48,7 @@ pub mod media;
 pub mod ostree;
 pub mod phase;
 pub mod policy;
+pub mod running;
 pub mod select;
 pub mod signature;
 pub mod state;

@@ -36,6 +36,10 @@ pub struct State {
     /// a `run` killed after the commit finishes it the next time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<InstalledTarget>,
+    /// What aktualizr-lite's database must say after our last step, saved with the step
+    /// and applied until the database shows it (`aklite::mirror`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aklite: Option<crate::aklite::mirror::Mirror>,
 }
 
 /// History entries kept.
@@ -89,7 +93,7 @@ pub struct HistoryEntry {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstalledTarget {
     pub name: String,
     /// `None` for an "initial target" whose version is unknown.
@@ -97,6 +101,9 @@ pub struct InstalledTarget {
     pub sha256: String,
     #[serde(default)]
     pub apps: BTreeMap<String, String>,
+    /// The TUF target's `custom` object, when known: what aktualizr-lite records of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -427,8 +427,10 @@ fn stick_left_in_after_a_rollback_is_not_tried_again() {
     assert_eq!(r.actions(), "reboot\nreboot\n");
 }
 
+/// Stopped for the install and kept stopped across the reboot (it would finalize our
+/// pending installation itself), started again once `run` finished it.
 #[test]
-fn aktualizr_lite_is_stopped_for_the_update_and_started_after() {
+fn aktualizr_lite_is_stopped_for_the_update_and_started_after_run() {
     let (r, b) = rig_with_v2();
     // A systemctl that logs its calls and says the unit is active.
     let systemctl = r.root.join("systemctl");
@@ -459,8 +461,19 @@ fn aktualizr_lite_is_stopped_for_the_update_and_started_after() {
         r.actions(),
         "systemctl is-active --quiet aktualizr-lite.service\n\
          systemctl stop aktualizr-lite.service\n\
-         systemctl start aktualizr-lite.service\n\
          reboot\n"
+    );
+    // Booted into the new version: finalize runs, then aktualizr-lite starts.
+    r.s.reboot_into("2", "boot-1");
+    code(&r.agent(&["finalize"]), 0);
+    assert!(
+        r.actions().ends_with(
+            "reboot\nsystemctl is-active --quiet aktualizr-lite.service\n\
+                               systemctl stop aktualizr-lite.service\n\
+                               systemctl start aktualizr-lite.service\n"
+        ),
+        "{}",
+        r.actions()
     );
 }
 

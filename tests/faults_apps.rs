@@ -85,6 +85,8 @@ impl AppsProgressive {
                 pairs.push((c.clone(), label.to_string()));
             }
             pairs.push((format!("\"{}\"", name(*v)), format!("\"{r}\"")));
+            // Quoted inside a JSON string (aktualizr-lite's rows, current-target).
+            pairs.push((format!("\\\"{}\\\"", name(*v)), format!("\\\"{r}\\\"")));
         }
         Roles(pairs)
     }

@@ -201,6 +201,7 @@ fn target(name: &str, version: u64) -> InstalledTarget {
         version: Some(version),
         sha256: "ab".repeat(32),
         apps: Default::default(),
+        ..Default::default()
     }
 }
 

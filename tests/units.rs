@@ -45,6 +45,39 @@ fn units_pass_systemd_analyze_verify() {
     assert_eq!((code, out.trim()), (0, ""), "{out}");
 }
 
+/// systemd orders the boot: with aktualizr-lite's unit present, our finalize job runs
+/// before its start (`systemd-analyze verify` loads both and checks the ordering graph).
+#[test]
+fn finalize_is_ordered_before_aktualizr_lite() {
+    let aklite = "[Unit]\nDescription=aktualizr-lite (stand-in)\n\n[Service]\n\
+                  ExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n";
+    let (code, out) = verify(&[
+        (
+            "usb-update-finalize.service",
+            unit("usb-update-finalize.service"),
+        ),
+        ("aktualizr-lite.service", aklite.to_string()),
+    ]);
+    assert_eq!((code, out.trim()), (0, ""), "{out}");
+    // The same pair with the order reversed as well is a cycle systemd reports.
+    let cyclic = format!("{aklite}\n[Unit]\nBefore=usb-update-finalize.service\n");
+    let dir = tempfile::tempdir().unwrap();
+    let fin = dir.path().join("usb-update-finalize.service");
+    let text = unit("usb-update-finalize.service")
+        .replace("/usr/bin/usb-update", env!("CARGO_BIN_EXE_usb-update"));
+    std::fs::write(&fin, text).unwrap();
+    std::fs::write(dir.path().join("aktualizr-lite.service"), cyclic).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&fin)
+        .arg(dir.path().join("aktualizr-lite.service"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("cycle"), "{text}");
+}
+
 #[test]
 fn verify_catches_a_broken_unit() {
     // The check above can fail: a misspelt key and a missing binary are reported.
@@ -81,6 +114,11 @@ fn finalize_unit_runs_only_when_work_is_pending() {
         "{u}"
     );
     assert!(u.contains("After=local-fs.target docker.service"), "{u}");
+    // aktualizr-lite would finalize our pending installation itself if it started first.
+    assert!(
+        u.lines().any(|l| l == "Before=aktualizr-lite.service"),
+        "{u}"
+    );
     // The marker the condition names is the one the state keeps in step with `pending`.
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(

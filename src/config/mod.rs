@@ -47,6 +47,8 @@ pub struct Pacman {
     pub compose_apps_root: PathBuf,
     /// `None`: the app engine probes for `docker compose` at run time.
     pub docker_compose_bin: Option<PathBuf>,
+    /// Run at aktualizr-lite's update steps (`install-pre`, ...); `None`: none.
+    pub callback_program: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +74,8 @@ pub struct Storage {
     pub path: PathBuf,
     /// Where the provisioned trusted roots live (`{ci,prod}/N.root.json`).
     pub uptane_metadata_path: PathBuf,
+    /// aktualizr-lite's database (`sqldb_path`, relative to `path` unless absolute).
+    pub sqldb_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +89,9 @@ pub struct Import {
 pub struct Bootloader {
     pub rollback_mode: String,
     pub reboot_command: String,
+    /// aktualizr-lite's "not rebooted yet" file (on a tmpfs: gone after the reboot).
+    pub reboot_sentinel_dir: PathBuf,
+    pub reboot_sentinel_name: String,
 }
 
 /// Which set of provisioned roots the device trusts (`tuf/ci` or `tuf/prod`).
@@ -115,12 +122,16 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("pacman", "reset_apps_root", Kind::Str),
     ("pacman", "compose_apps_root", Kind::Str),
     ("pacman", "docker_compose_bin", Kind::Str),
+    ("pacman", "callback_program", Kind::Str),
     ("storage", "path", Kind::Str),
     ("storage", "uptane_metadata_path", Kind::Str),
+    ("storage", "sqldb_path", Kind::Str),
     ("import", "base_path", Kind::Str),
     ("import", "tls_clientcert_path", Kind::Str),
     ("bootloader", "rollback_mode", Kind::Str),
     ("bootloader", "reboot_command", Kind::Str),
+    ("bootloader", "reboot_sentinel_dir", Kind::Str),
+    ("bootloader", "reboot_sentinel_name", Kind::Str),
 ];
 
 enum Value {
@@ -213,6 +224,7 @@ impl Merged {
             m if m == "metadata" => PathBuf::from("/usr/lib/sota/tuf"),
             m => storage_path.join(m),
         };
+        let sqldb_path = storage_path.join(self.text("storage", "sqldb_path", "sql.db"));
         let base_path = PathBuf::from(self.text("import", "base_path", "/var/sota/import"));
         let tls_clientcert_path = Some(self.text("import", "tls_clientcert_path", ""))
             .filter(|p| !p.is_empty())
@@ -237,10 +249,14 @@ impl Merged {
                 docker_compose_bin: Some(self.text("pacman", "docker_compose_bin", ""))
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from),
+                callback_program: Some(self.text("pacman", "callback_program", ""))
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from),
             },
             storage: Storage {
                 path: storage_path,
                 uptane_metadata_path,
+                sqldb_path,
             },
             import: Import {
                 base_path,
@@ -249,6 +265,18 @@ impl Merged {
             bootloader: Bootloader {
                 rollback_mode: self.text("bootloader", "rollback_mode", "none"),
                 reboot_command: self.text("bootloader", "reboot_command", "/sbin/reboot"),
+                reboot_sentinel_dir: self
+                    .text(
+                        "bootloader",
+                        "reboot_sentinel_dir",
+                        "/var/run/aktualizr-session",
+                    )
+                    .into(),
+                reboot_sentinel_name: self.text(
+                    "bootloader",
+                    "reboot_sentinel_name",
+                    "need_reboot",
+                ),
             },
             sources,
         })

@@ -175,6 +175,34 @@ fn storage_paths_resolve_like_aktualizr() {
     assert_eq!(c.storage.uptane_metadata_path, PathBuf::from("/data/meta"));
     let c = load_one("[storage]\nuptane_metadata_path = \"/roots\"\n").unwrap();
     assert_eq!(c.storage.uptane_metadata_path, PathBuf::from("/roots"));
+    assert_eq!(c.storage.sqldb_path, PathBuf::from("/var/sota/sql.db"));
+    let c = load_one("[storage]\npath = \"/data\"\nsqldb_path = \"db/a.db\"\n").unwrap();
+    assert_eq!(c.storage.sqldb_path, PathBuf::from("/data/db/a.db"));
+    let c = load_one("[storage]\npath = \"/data\"\nsqldb_path = \"/x/sql.db\"\n").unwrap();
+    assert_eq!(c.storage.sqldb_path, PathBuf::from("/x/sql.db"));
+}
+
+#[test]
+fn aktualizr_lite_files_default_as_there() {
+    let c = load_one("").unwrap();
+    assert_eq!(c.import.base_path, PathBuf::from("/var/sota/import"));
+    assert_eq!(
+        c.bootloader.reboot_sentinel_dir,
+        PathBuf::from("/var/run/aktualizr-session")
+    );
+    assert_eq!(c.bootloader.reboot_sentinel_name, "need_reboot");
+    assert_eq!(c.pacman.callback_program, None);
+    let c = load_one(
+        "[pacman]\ncallback_program = \"/usr/bin/cb\"\n[bootloader]\n\
+         reboot_sentinel_dir = \"/run/s\"\nreboot_sentinel_name = \"nr\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.pacman.callback_program,
+        Some(PathBuf::from("/usr/bin/cb"))
+    );
+    assert_eq!(c.bootloader.reboot_sentinel_dir, PathBuf::from("/run/s"));
+    assert_eq!(c.bootloader.reboot_sentinel_name, "nr");
 }
 
 #[test]

@@ -490,6 +490,26 @@ pub fn cleanup(pacman: &Pacman) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `version` metadata of `commit` in the sysroot's repository (what `ostree commit
+/// --add-metadata-string=version=` sets), if the commit is there and has one.
+pub fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<String>> {
+    let sysroot = open_sysroot(&pacman.sysroot)?;
+    let repo = sysroot.repo();
+    let found = repo
+        .has_object(ostree::ObjectType::Commit, commit, gio::Cancellable::NONE)
+        .with_context(|| format!("looking up commit {commit} in {}", pacman.sysroot.display()))?;
+    if !found {
+        return Ok(None);
+    }
+    let v = repo
+        .load_variant(ostree::ObjectType::Commit, commit)
+        .with_context(|| format!("reading commit {commit} in {}", pacman.sysroot.display()))?;
+    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
+    Ok(meta
+        .lookup_value("version", Some(glib::VariantTy::STRING))
+        .and_then(|s| s.str().map(str::to_string)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,13 @@ pub fn decide(d: &Decide) -> Result<(Code, String)> {
         }
     }
     let running_version = d.running.and_then(|r| r.version);
+    if running_version.is_none() && !(p.allow_unknown_running_version || d.force) {
+        return Err(Error::policy(format!(
+            "the running version is unknown, so the downgrade rule cannot apply to {}; the policy \
+             does not allow such installs (allow_unknown_running_version, or --force)",
+            c.name
+        )));
+    }
     if let Some(rv) = running_version.filter(|rv| version < *rv) {
         if !(p.allow_downgrade || d.force) {
             return Err(Error::downgrade(format!(

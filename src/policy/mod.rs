@@ -56,6 +56,10 @@ pub struct UpdatePolicy {
     /// Boots of a new rootfs that `run` starts before it gives up on it: a boot that
     /// starts with this many already counted rolls back (the target is denylisted).
     pub boot_attempts: u32,
+    /// The running version is unknown (no update recorded it, aktualizr-lite does not know
+    /// it, no trusted target or commit metadata names it), so the downgrade rule cannot
+    /// apply: installs are allowed unless unset (then 103, or `--force`).
+    pub allow_unknown_running_version: bool,
 }
 
 impl Default for UpdatePolicy {
@@ -70,6 +74,7 @@ impl Default for UpdatePolicy {
             require_bundle_targets: true,
             retry_failed_targets: false,
             boot_attempts: 3,
+            allow_unknown_running_version: true,
         }
     }
 }
@@ -286,6 +291,7 @@ struct UpdateLayer {
     require_bundle_targets: Option<bool>,
     retry_failed_targets: Option<bool>,
     boot_attempts: Option<u32>,
+    allow_unknown_running_version: Option<bool>,
 }
 
 /// Copies the fields a layer sets onto the merged section; `opt` fields are `Option` in the
@@ -368,7 +374,7 @@ impl Policy {
         if let Some(u) = layer.update {
             merge!(self.update, u;
                 allow_downgrade, allow_reinstall, allow_tag_switch, require_bundle_targets,
-                retry_failed_targets, boot_attempts;
+                retry_failed_targets, boot_attempts, allow_unknown_running_version;
                 opt min_version, max_version, allowed_tags);
         }
         if let Some(a) = layer.agent {
@@ -438,7 +444,7 @@ mod tests {
         let p = load_one(
             "[update]\nallow_downgrade = true\nallow_reinstall = true\nmin_version = 10\nmax_version = 500\n\
              allowed_tags = [\"main\", \"devel\"]\nallow_tag_switch = true\nrequire_bundle_targets = false\n\
-             retry_failed_targets = true\nboot_attempts = 5\n",
+             retry_failed_targets = true\nboot_attempts = 5\nallow_unknown_running_version = false\n",
         )
         .unwrap();
         let expected = UpdatePolicy {
@@ -451,6 +457,7 @@ mod tests {
             require_bundle_targets: false,
             retry_failed_targets: true,
             boot_attempts: 5,
+            allow_unknown_running_version: false,
         };
         assert_eq!(p.update, expected);
     }

@@ -32,6 +32,9 @@ pub struct Report {
     pub finished_at: String,
     /// Seconds per phase ("total", "install", ...).
     pub durations: BTreeMap<String, f64>,
+    /// What the operator must know besides the result: aktualizr-lite's database not
+    /// used or not written yet, the running version unknown.
+    pub notes: Vec<String>,
 }
 
 /// Longest device part of a report file name: FAT allows 255 characters per name, and a

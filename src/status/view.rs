@@ -146,6 +146,7 @@ mod tests {
             version: Some(3),
             sha256: "ab".into(),
             apps: Default::default(),
+            custom: None,
         };
         v.phase = Pattern::Working;
         v.percent = Some(40);

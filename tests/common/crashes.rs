@@ -32,11 +32,16 @@ pub const OSTREE_UPDATE: &[(&str, Cmd, i32)] = &[
     ("run-boot-ok-set", Cmd::Run, 0),
     ("run-recorded", Cmd::Run, 40),
     ("run-cleaned", Cmd::Run, 40),
+    // Between our state and aktualizr-lite's database: install's pending row is written
+    // (the re-run is busy), run's current row is written (nothing pending any more).
+    ("aklite-mirrored", Cmd::Install, 30),
+    ("aklite-mirrored", Cmd::Run, 40),
 ];
 
 /// OSTree-only device, the bootloader booted the previous rootfs: (point, re-run code).
 pub const OSTREE_BOOTLOADER_ROLLBACK: &[(&str, i32)] = &[
     ("run-rollback-recorded", 40),
+    ("aklite-mirrored", 40),
     ("run-failed-deployment-removed", 40),
 ];
 
@@ -216,6 +221,9 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
             "boot_id",
             "version",
             "reason",
+            // Differ from update to update (the build's URI) or run to run (random).
+            "custom",
+            "correlation_id",
         ],
     );
     let bootenv =
@@ -239,8 +247,54 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
         "pending_marker": std::fs::read_to_string(dir.join("pending")).ok(),
         "bootenv": bootenv,
         "tuf_files": tuf.keys().collect::<Vec<_>>(),
+        "aklite": aklite_state(d),
     });
     (v, failed)
+}
+
+/// What aktualizr-lite would read: of its database the current and pending rows and the
+/// newest one with its flags (a failed target's), its reboot flag and sentinel, the
+/// metadata it holds; without a database, its import file's entries; `current-target` but
+/// its version line.
+pub fn aklite_state(d: &Device) -> serde_json::Value {
+    use usb_update::aklite::testdb;
+    let db = d.sql_db();
+    let database = db.exists().then(|| {
+        let rows = testdb::rows(&db).unwrap();
+        let named = |r: &testdb::TestRow| format!("\"{}\" {}", r.name, r.sha256);
+        let flagged = |f: fn(&testdb::TestRow) -> bool| {
+            rows.iter().filter(|r| f(r)).map(named).collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "current": flagged(|r| r.flags.0),
+            "pending": flagged(|r| r.flags.1),
+            "newest": rows.last().map(|r| format!("{} {:?}", named(r), r.flags)),
+            "need_reboot": testdb::need_reboot(&db).unwrap(),
+            "meta": testdb::meta(&db).unwrap(),
+        })
+    });
+    let import = std::fs::read(d.import_file()).ok().map(|b| {
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, t)| format!("\"{k}\" {} {}", t["hashes"]["sha256"], t["is_current"]))
+            .collect::<Vec<_>>()
+    });
+    let current_target = std::fs::read_to_string(d.storage.join("current-target"))
+        .ok()
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.starts_with("CUSTOM_VERSION="))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+    serde_json::json!({
+        "database": database,
+        "import": import,
+        "current_target": current_target,
+        "sentinel": d.sentinel_dir().join("need_reboot").exists(),
+    })
 }
 
 /// The denylist entries added, after checking that none from before went.

@@ -22,6 +22,8 @@ use tempfile::TempDir;
 use usb_update::gen::{self, Factory};
 
 pub const HWID: &str = gen::DEFAULT_HWID;
+/// The primary ECU serial of a test device's aktualizr-lite database.
+pub const AKLITE_SERIAL: &str = "aklite-serial";
 
 pub struct Device {
     pub tmp: TempDir,
@@ -42,6 +44,9 @@ pub struct DeviceSpec<'a> {
     pub cert: Option<&'a str>,
     /// `[bootloader] rollback_mode`.
     pub rollback_mode: &'a str,
+    /// aktualizr-lite has run: its database (made from the schema facts) with the
+    /// primary ECU `aklite-serial` / [`HWID`].
+    pub aklite_db: bool,
 }
 
 impl Default for DeviceSpec<'_> {
@@ -52,6 +57,7 @@ impl Default for DeviceSpec<'_> {
             roots: 1,
             cert: None,
             rollback_mode: "none",
+            aklite_db: false,
         }
     }
 }
@@ -64,6 +70,7 @@ impl Device {
     pub fn with(factory: &Factory, spec: DeviceSpec) -> Device {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path();
+        let import_dir = root.join("var/sota/import");
         let d = Device {
             conf: root.join("etc/sota/conf.d"),
             policy: root.join("etc/usb-update/policy.d"),
@@ -79,18 +86,20 @@ impl Device {
             .write_provisioned_roots(&d.tuf, spec.roots)
             .expect("roots");
         usb_update::ostree::testsys::init(&d.sysroot, "lmp").expect("sysroot");
-        let cert = spec.cert.map_or(String::new(), |c| {
+        // aktualizr-lite's import file and reboot sentinel inside the sandbox too.
+        let mut import = format!("[import]\nbase_path = \"{}\"\n", import_dir.display());
+        if let Some(c) = spec.cert {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/certs")
                 .join(c);
-            format!("[import]\ntls_clientcert_path = \"{}\"\n", p.display())
-        });
+            import.push_str(&format!("tls_clientcert_path = \"{}\"\n", p.display()));
+        }
         let toml = format!(
             "[provision]\nprimary_ecu_hardware_id = \"{HWID}\"\n\n\
              [pacman]\ntype = \"{}\"\nsysroot = \"{}\"\nos = \"lmp\"\nbooted = \"simulated\"\n\
              tags = \"{}\"\nreset_apps_root = \"{}\"\ncompose_apps_root = \"{}\"\n\n\
              [storage]\npath = \"{}\"\nuptane_metadata_path = \"{}\"\n\n\
-             [bootloader]\nrollback_mode = \"{}\"\n\n{cert}",
+             [bootloader]\nrollback_mode = \"{}\"\nreboot_sentinel_dir = \"{}\"\n\n{import}",
             spec.pacman_type,
             d.sysroot.display(),
             spec.tags,
@@ -99,13 +108,33 @@ impl Device {
             d.storage.display(),
             d.tuf.display(),
             spec.rollback_mode,
+            d.sentinel_dir().display(),
         );
         std::fs::write(d.conf.join("sota.toml"), toml).expect("config");
         // Never the machine's own /var/lock/aklite.lock.
         let lock = d.tmp.path().join("run/lock/aklite.lock");
         let policy = format!("[agent]\nlock_file = \"{}\"\n", lock.display());
         std::fs::write(d.policy.join("00-sandbox.toml"), policy).expect("policy");
+        if spec.aklite_db {
+            usb_update::aklite::testdb::create(&d.sql_db(), 25, AKLITE_SERIAL, HWID)
+                .expect("aktualizr-lite database");
+        }
         d
+    }
+
+    /// aktualizr-lite's database (`[storage] sqldb_path` default).
+    pub fn sql_db(&self) -> PathBuf {
+        self.storage.join("sql.db")
+    }
+
+    /// aktualizr-lite's import file (`[import] base_path`).
+    pub fn import_file(&self) -> PathBuf {
+        self.tmp.path().join("var/sota/import/installed_versions")
+    }
+
+    /// `[bootloader] reboot_sentinel_dir`: a tmpfs on a device, emptied by the reboot.
+    pub fn sentinel_dir(&self) -> PathBuf {
+        self.tmp.path().join("run/aktualizr-session")
     }
 
     /// Deploy `commit` from `repo` with the ostree CLI, as the image the device shipped with.
@@ -119,6 +148,7 @@ impl Device {
     pub fn reboot_into(&self, commit: &str, boot_id: &str) {
         usb_update::ostree::testsys::simulate_reboot(&self.sysroot, commit, boot_id)
             .expect("reboot");
+        let _ = std::fs::remove_dir_all(self.sentinel_dir());
     }
 
     pub fn set_policy(&self, toml: &str) {
