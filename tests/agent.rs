@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::apps::{app, AppScene, T};
+use common::faults::{spawn_paused, usb_update, Out, Paused};
 use common::scene::{deployments, state};
 use common::stick::Stick;
 use usb_update::gen::AppSpec;
@@ -15,12 +16,6 @@ use usb_update::gen::AppSpec;
 struct Rig {
     s: AppScene,
     root: PathBuf,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
 }
 
 impl Rig {
@@ -37,7 +32,10 @@ impl Rig {
 
     fn agent_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Out {
         let (sub, rest) = args.split_first().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+        let out = self
+            .s
+            .d
+            .bin()
             .envs(env.iter().copied())
             .args(["agent", sub, "-c"])
             .arg(&self.s.d.conf)
@@ -88,28 +86,12 @@ impl Rig {
     /// `agent handle` in the background, held at its first blob copy (lock taken, LEDs on
     /// "working") until [`Paused::go`].
     fn handle_paused(&self, devnode: &Path) -> Paused {
-        let file = self.root.join("paused");
-        let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-            .args(["agent", "handle", "-c"])
-            .arg(&self.s.d.conf)
-            .arg("-p")
-            .arg(&self.s.d.policy)
-            .arg(devnode)
-            .env("USB_UPDATE_PAUSE_AT", "copy-blob")
-            .env("USB_UPDATE_PAUSE_FILE", &file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !file.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never reached the copy"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Paused { child, file }
+        let cmd = usb_update(
+            &self.s.d,
+            &["agent", "handle"],
+            &[devnode.to_str().unwrap()],
+        );
+        spawn_paused(cmd, "copy-blob", &self.root.join("paused"))
     }
 
     /// The LED's attributes: trigger, delay_on, delay_off.
@@ -121,23 +103,6 @@ impl Rig {
                 .to_string()
         };
         (read("trigger"), read("delay_on"), read("delay_off"))
-    }
-}
-
-struct Paused {
-    child: std::process::Child,
-    file: PathBuf,
-}
-
-impl Paused {
-    fn go(self) -> Out {
-        std::fs::remove_file(&self.file).unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
     }
 }
 

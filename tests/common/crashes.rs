@@ -291,7 +291,8 @@ pub fn agent(d: &Device, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut all = vec![*sub, "-c", d.conf.to_str().unwrap(), "-p"];
     all.push(d.policy.to_str().unwrap());
     all.extend_from_slice(rest);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usb-update"))
+    let out = d
+        .bin()
         .envs(env.iter().copied())
         .arg("agent")
         .args(&all)

@@ -8,6 +8,7 @@ pub mod apps;
 pub mod crashes;
 pub mod dockerd;
 pub mod faults;
+pub mod gate;
 pub mod scene;
 pub mod stick;
 pub mod udev;
@@ -30,6 +31,10 @@ pub struct Device {
     pub sysroot: PathBuf,
     pub storage: PathBuf,
     pub tuf: PathBuf,
+    /// Environment of every command run on this device (`DOCKER_HOST` of a private engine):
+    /// given to each child, never set in the test process, which other tests share under
+    /// `cargo test`.
+    pub env: Vec<(String, String)>,
 }
 
 /// Builder options of a test device.
@@ -42,6 +47,9 @@ pub struct DeviceSpec<'a> {
     pub cert: Option<&'a str>,
     /// `[bootloader] rollback_mode`.
     pub rollback_mode: &'a str,
+    /// The directory the device's temporary directory is made in (a small filesystem, say);
+    /// `None`: the system's.
+    pub base: Option<&'a Path>,
 }
 
 impl Default for DeviceSpec<'_> {
@@ -52,6 +60,7 @@ impl Default for DeviceSpec<'_> {
             roots: 1,
             cert: None,
             rollback_mode: "none",
+            base: None,
         }
     }
 }
@@ -62,7 +71,11 @@ impl Device {
     }
 
     pub fn with(factory: &Factory, spec: DeviceSpec) -> Device {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = match spec.base {
+            Some(base) => tempfile::tempdir_in(base),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let root = tmp.path();
         let d = Device {
             conf: root.join("etc/sota/conf.d"),
@@ -70,6 +83,7 @@ impl Device {
             sysroot: root.join("sysroot"),
             storage: root.join("var/sota"),
             tuf: root.join("usr/lib/sota/tuf"),
+            env: Vec::new(),
             tmp,
         };
         for dir in [&d.conf, &d.policy, &d.sysroot, &d.storage, &d.tuf] {
@@ -148,9 +162,17 @@ impl Device {
         self.command_env(cmd, args, &[])
     }
 
+    /// The binary with this device's environment, nothing else set.
+    pub fn bin(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_usb-update"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
     /// [`Device::command`] with extra environment variables.
     pub fn command_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+        let out = self
+            .bin()
             .envs(env.iter().copied())
             .arg(cmd)
             .arg("-c")
