@@ -302,37 +302,3 @@ pub fn mounts_at(path: &Path) -> Vec<(String, String, String, String)> {
         })
         .collect()
 }
-
-/// Files put into udev's runtime rules directory for one test, removed (and udevd told)
-/// when dropped, also when the test panics: the machine must not keep test rules.
-pub struct TempRules(Vec<PathBuf>);
-
-impl TempRules {
-    pub fn install(files: &[(&str, &str)]) -> TempRules {
-        let dir = Path::new("/run/udev/rules.d");
-        fs::create_dir_all(dir).unwrap();
-        let mut guard = TempRules(Vec::new());
-        for (name, text) in files {
-            let path = dir.join(name);
-            assert!(
-                !path.exists(),
-                "{} exists: not ours to replace",
-                path.display()
-            );
-            fs::write(&path, text).unwrap();
-            guard.0.push(path);
-        }
-        guard
-    }
-}
-
-impl Drop for TempRules {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = fs::remove_file(path);
-        }
-        let _ = Command::new("udevadm")
-            .args(["control", "--reload"])
-            .status();
-    }
-}
