@@ -90,7 +90,10 @@ impl Progressive {
     }
 
     fn roles(&self, new: u32) -> Roles {
-        let mut pairs: Vec<(String, String)> = Vec::new();
+        let tuf = (self.bundles.iter())
+            .map(|(v, b)| (*v, file_digests(&b.path().join("tuf"))))
+            .collect();
+        let mut pairs = tuf_roles(&tuf, new, self.cur);
         for (v, c) in self.commits.iter().rev() {
             let r = role(*v, new, self.cur);
             pairs.push((c.clone(), r.into()));

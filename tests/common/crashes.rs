@@ -222,7 +222,21 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
         std::fs::read_to_string(d.sysroot.join(".usb-update-sim/bootenv")).unwrap_or_default();
     let mut bootenv: Vec<&str> = bootenv.lines().collect();
     bootenv.sort();
-    let tuf: BTreeMap<String, String> = std::fs::read_dir(dir.join("tuf"))
+    let v = serde_json::json!({
+        "deployments": deployments(d),
+        "state": st,
+        "pending_marker": std::fs::read_to_string(dir.join("pending")).ok(),
+        "bootenv": bootenv,
+        // By content: the digest of each file, which [`tuf_roles`] names by the bundle
+        // (and role) it came from.
+        "tuf_files": file_digests(&dir.join("tuf")),
+    });
+    (v, failed)
+}
+
+/// Name -> sha256 of each file in `dir` (none: empty).
+pub fn file_digests(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
         .map(|r| {
             r.map(|e| {
                 let e = e.unwrap();
@@ -232,15 +246,34 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
             })
             .collect()
         })
-        .unwrap_or_default();
-    let v = serde_json::json!({
-        "deployments": deployments(d),
-        "state": st,
-        "pending_marker": std::fs::read_to_string(dir.join("pending")).ok(),
-        "bootenv": bootenv,
-        "tuf_files": tuf.keys().collect::<Vec<_>>(),
-    });
-    (v, failed)
+        .unwrap_or_default()
+}
+
+/// The digest of every TUF file of every bundle (version -> its `tuf/` by
+/// [`file_digests`]) replaced by `<role>'s <name>` (the same bytes in several bundles:
+/// `any bundle's <name>`), so that a device holding the metadata of the wrong bundle, or
+/// a file that is none of them, differs from the reference.
+pub fn tuf_roles(
+    bundles: &BTreeMap<u32, BTreeMap<String, String>>,
+    new: u32,
+    cur: u32,
+) -> Vec<(String, String)> {
+    let mut owners: BTreeMap<&str, (Vec<u32>, &str)> = BTreeMap::new();
+    for (v, files) in bundles {
+        for (name, hash) in files {
+            owners.entry(hash).or_insert((Vec::new(), name)).0.push(*v);
+        }
+    }
+    owners
+        .into_iter()
+        .map(|(hash, (vs, name))| {
+            let label = match vs.as_slice() {
+                [v] => format!("{}'s {name}", role(*v, new, cur)),
+                _ => format!("any bundle's {name}"),
+            };
+            (hash.to_string(), label)
+        })
+        .collect()
 }
 
 /// The denylist entries added, after checking that none from before went.
