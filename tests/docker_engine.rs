@@ -71,8 +71,9 @@ fn assert_err<T>(r: usb_update::Result<T>, code: Code, parts: &[&str]) -> String
     msg
 }
 
+/// Waits for `what`; the deadline is a guard against hanging, not a limit on the engine.
 fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(t) = f() {
             return t;

@@ -219,6 +219,15 @@ fn corrupted_object_in_the_bundle() {
     }
     let r = s.d.run("install", s.b.path(), &[]);
     code(&r, 50);
+    assert_eq!(
+        r.error(),
+        format!(
+            "pulling commit {} from {} into {}: Writing content object: Invalid compressed data",
+            s.commits["2"],
+            s.b.path().join("ostree_repo").display(),
+            s.d.sysroot.join("ostree/repo").display()
+        )
+    );
     assert_eq!(deployments(&s.d), vec![s.commits["1"].clone()]);
     let sys = TestSysroot::init_existing(&s.d.sysroot, "lmp");
     assert!(sys.remotes().unwrap().is_empty());

@@ -234,7 +234,15 @@ fn corrupted_object_in_bundle_is_a_copy_error_and_changes_nothing() {
     assert_repo_clean(&sys);
     assert_eq!(csums(&p), vec![v1.clone()]);
     // And deploy refuses what is not there.
-    assert!(ost::deploy(&p, &v2).is_err());
+    let e = ost::deploy(&p, &v2).unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert_eq!(
+        e.one_line(),
+        format!(
+            "commit {v2} is not (completely) in the repo of {}: pull it first",
+            sys.path.display()
+        )
+    );
     assert_eq!(csums(&p), vec![v1]);
 }
 
@@ -379,10 +387,25 @@ fn make_default_remove_deployment_and_cleanup() {
     assert_eq!(csums(&p), vec![v1.clone(), v2.clone()]);
     ost::make_default(&p, &v1).unwrap();
     assert_eq!(csums(&p), vec![v1.clone(), v2.clone()]);
-    assert!(ost::make_default(&p, &"ab".repeat(32)).is_err());
+    let e = ost::make_default(&p, &"ab".repeat(32)).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "no deployment of commit {} for \"lmp\" in {}",
+            "ab".repeat(32),
+            sys.path.display()
+        )
+    );
     // The one running cannot be removed.
     sys.simulate_reboot(&v2, "boot-1").unwrap();
-    assert!(ost::remove_deployment(&p, &v2).is_err());
+    let e = ost::remove_deployment(&p, &v2).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "refusing to remove the deployment of {v2} from {}: it is the one running",
+            sys.path.display()
+        )
+    );
     sys.simulate_reboot(&v1, "boot-2").unwrap();
     ost::remove_deployment(&p, &v2).unwrap();
     assert_eq!(csums(&p), vec![v1.clone()]);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Stick {
     pub image: PathBuf,
@@ -49,7 +49,7 @@ impl Stick {
             _dir: dir,
         };
         // udev has seen it once it knows the filesystem.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + super::udev::UDEV_WAIT;
         loop {
             let props = Command::new("udevadm")
                 .args(["info", "--query=property"])

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// How long udev may take to process an event before a test gives up.
-pub const UDEV_WAIT: Duration = Duration::from_secs(15);
+/// How long udev may take to process an event before a test gives up: a guard against a
+/// hang, generous for a loaded machine.
+pub const UDEV_WAIT: Duration = Duration::from_secs(60);
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     let out = Command::new(cmd)
@@ -105,7 +106,7 @@ pub fn properties(devnode: &Path) -> BTreeMap<String, String> {
 /// Waits until udev's database says what `done` wants about `devnode`.
 pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
     let _ = Command::new("udevadm")
-        .args(["settle", "--timeout=15"])
+        .args(["settle", "--timeout=60"])
         .status();
     let deadline = Instant::now() + UDEV_WAIT;
     loop {
@@ -230,7 +231,7 @@ impl LoopStick {
         // 0 from its buffer cache, and partx then finds no partition: flush and retry.
         let dev = stick.loopdev.to_str().unwrap();
         let sys = PathBuf::from("/sys/class/block").join(stick.kernel_name());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + UDEV_WAIT;
         while !sys.exists() {
             assert!(
                 Instant::now() < deadline,
