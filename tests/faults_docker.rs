@@ -110,14 +110,7 @@ fn engine_stopped_during_compose_up_is_52_and_stays_pending() {
     );
     let mut cmd = usb_update(&s.d, &["run"], &[]);
     cmd.env("DOCKER_HOST", gate.host());
-    let run = std::thread::spawn(move || {
-        let o = cmd.output().unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    });
+    let run = faults::in_background(cmd);
     gate.wait_held(|| {
         run.is_finished()
             .then(|| "run ended before compose started a container".to_string())
@@ -162,15 +155,7 @@ fn engine_restarted_during_compose_up_is_not_an_app_failure() {
          exit $rc",
     );
 
-    let mut cmd = usb_update(&s.d, &["run"], &[]);
-    let run = std::thread::spawn(move || {
-        let o = cmd.output().unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    });
+    let run = faults::in_background(usb_update(&s.d, &["run"], &[]));
     let wait_for = |p: &std::path::Path| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !p.exists() {

@@ -464,19 +464,23 @@ fn find_bundle_on_an_unreadable_root_is_50() {
 /// against hanging, not a limit anything is measured against.
 const HANG: Duration = Duration::from_secs(60);
 
-/// Every devnode the monitor reports, up to and including `last` (a test's own device: other
-/// tests may plug sticks at the same time, and theirs are reported too).
-fn reported_until(m: &mut Monitor, last: &Path) -> Vec<PathBuf> {
+/// Everything `next` (a monitor's or a watch's) reports, up to and including `last`.
+fn reports_until(mut next: impl FnMut(Duration) -> Option<PathBuf>, last: &Path) -> Vec<PathBuf> {
     let deadline = Instant::now() + HANG;
     let mut seen = Vec::new();
     while !seen.iter().any(|n| n == last) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match m.next(left).unwrap() {
+        match next(deadline.saturating_duration_since(Instant::now())) {
             Some(node) => seen.push(node),
             None => panic!("{} never reported; seen {seen:?}", last.display()),
         }
     }
     seen
+}
+
+/// Every devnode the monitor reports, up to and including `last` (a test's own device: other
+/// tests may plug sticks at the same time, and theirs are reported too).
+fn reported_until(m: &mut Monitor, last: &Path) -> Vec<PathBuf> {
+    reports_until(|left| m.next(left).unwrap(), last)
 }
 
 /// Every event of `devnode` so far has reached every udev monitor: a `change` of our own,
@@ -542,16 +546,7 @@ fn monitor_takes_a_new_medium_once_and_ignores_partitions_without_filesystem() {
 /// The media the watch reports until it reports `last` (each only once: a second report
 /// shows as a second entry).
 fn watched_until(w: &mut DirWatch, last: &Path) -> Vec<PathBuf> {
-    let deadline = Instant::now() + HANG;
-    let mut seen = Vec::new();
-    while !seen.iter().any(|n| n == last) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match w.next(left).unwrap() {
-            Some(dir) => seen.push(dir),
-            None => panic!("{} never reported; seen {seen:?}", last.display()),
-        }
-    }
-    seen
+    reports_until(|left| w.next(left).unwrap(), last)
 }
 
 #[test]

@@ -415,28 +415,10 @@ fn update_notify_and_set_boot_ok_follow_aktualizr() {
     masked.set("bootcount", "2").unwrap();
     masked.set("rollback", "1").unwrap();
     masked.update_notify().unwrap();
-    assert_eq!(
-        m.dump(),
-        [
-            "bootcmd=run bootcmd_otenv",
-            "bootcount=0",
-            "bootlimit=3",
-            "rollback=0",
-            "upgrade_available=1"
-        ]
-    );
+    assert_eq!(m.dump(), armed("1"));
     masked.set("bootcount", "1").unwrap();
     masked.set_boot_ok().unwrap();
-    assert_eq!(
-        m.dump(),
-        [
-            "bootcmd=run bootcmd_otenv",
-            "bootcount=0",
-            "bootlimit=3",
-            "rollback=0",
-            "upgrade_available=0"
-        ]
-    );
+    assert_eq!(m.dump(), armed("0"));
 
     // uboot_generic counts every boot: only the counter and the rollback flag.
     let g = UBootEnv::new();
@@ -497,16 +479,18 @@ fn uboot_boot_counting_and_rollback_variables_with_the_real_tools() {
         "U-Boot's to clear"
     );
     env.update_notify().unwrap();
-    assert_eq!(
-        u.dump(),
-        [
-            "bootcmd=run bootcmd_otenv",
-            "bootcount=0",
-            "bootlimit=3",
-            "rollback=0",
-            "upgrade_available=1"
-        ]
-    );
+    assert_eq!(u.dump(), armed("1"));
+}
+
+/// The environment after `update_notify` (`upgrade_available` "1") or `set_boot_ok` ("0")
+/// on a masked U-Boot: the device's own variables, the counter at 0, no rollback.
+fn armed(upgrade_available: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["bootcmd=run bootcmd_otenv", "bootcount=0", "bootlimit=3"]
+        .map(String::from)
+        .to_vec();
+    v.push("rollback=0".into());
+    v.push(format!("upgrade_available={upgrade_available}"));
+    v
 }
 
 #[test]

@@ -91,6 +91,18 @@ impl Drop for Paused {
     }
 }
 
+/// `cmd` run to its end in a thread of its own, while the test acts on it.
+pub fn in_background(mut cmd: Command) -> std::thread::JoinHandle<Out> {
+    std::thread::spawn(move || {
+        let o = cmd.output().expect("spawn usb-update");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    })
+}
+
 /// `usb-update <cmd> -c .. -p .. <args>` as a command to spawn.
 pub fn usb_update(d: &Device, cmd: &[&str], args: &[&str]) -> Command {
     let mut c = d.bin();
