@@ -197,7 +197,7 @@ impl AppsProgressive {
         what: &str,
     ) {
         for (point, _) in chain {
-            killed(&self.cmd(cmd, bundle, &[(CRASH, point)]), point);
+            killed(&self.s.d, &self.cmd(cmd, bundle, &[(CRASH, point)]), point);
             self.nothing_lost(committed, what);
         }
         let want = chain.last().map_or(want, |(_, again)| *again);
@@ -291,7 +291,7 @@ impl AppsProgressive {
         self.s.reboot_into(self.rootfs, &format!("boot-{v}"));
         match kill {
             Some((point, again)) => {
-                killed(&self.cmd("run", None, &[(CRASH, point)]), point);
+                killed(&self.s.d, &self.cmd("run", None, &[(CRASH, point)]), point);
                 self.nothing_lost(None, &what);
                 code(&self.cmd("run", None, &[]), again, &what);
             }
@@ -320,6 +320,7 @@ impl AppsProgressive {
         match kill {
             Some((point, again)) => {
                 killed(
+                    d,
                     &agent(d, &["handle", stick.devnode()], &[(CRASH, point)]),
                     point,
                 );

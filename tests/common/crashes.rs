@@ -124,8 +124,14 @@ pub fn call_sites() -> BTreeMap<String, Vec<PathBuf>> {
     out
 }
 
+/// `r` died by SIGKILL at `point`; returns once the update lock of `d` is free again.
+///
+/// The kernel releases a killed process's flock with its files, but once (in 6 suite runs
+/// of about 60 kills each, under load) a re-run started right after the kill still found
+/// the lock taken, by nobody /proc/locks could name (exit 30): the test waits for the
+/// release it relies on (a lock still held after 60 s fails here, naming it).
 #[track_caller]
-pub fn killed(r: &Run, point: &str) {
+pub fn killed(d: &Device, r: &Run, point: &str) {
     assert!(
         r.code == -1 && r.stderr.contains(&format!("failpoint {point}: SIGKILL")),
         "{point}: expected a SIGKILL there, got {}\nstdout:\n{}\nstderr:\n{}",
@@ -133,6 +139,19 @@ pub fn killed(r: &Run, point: &str) {
         r.stdout,
         r.stderr
     );
+    let lock = d.tmp.path().join("run/lock/aklite.lock");
+    let Ok(file) = std::fs::File::open(&lock) else {
+        return; // never taken
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while file.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: {} still locked 60 s after the kill",
+            lock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[track_caller]
