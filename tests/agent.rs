@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::apps::{app, AppScene, T};
+use common::faults::{spawn_paused, usb_update, Out, Paused};
 use common::scene::{deployments, state};
 use common::stick::Stick;
 use usb_update::gen::AppSpec;
@@ -15,12 +16,6 @@ use usb_update::gen::AppSpec;
 struct Rig {
     s: AppScene,
     root: PathBuf,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
 }
 
 impl Rig {
@@ -37,7 +32,10 @@ impl Rig {
 
     fn agent_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Out {
         let (sub, rest) = args.split_first().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+        let out = self
+            .s
+            .d
+            .bin()
             .envs(env.iter().copied())
             .args(["agent", sub, "-c"])
             .arg(&self.s.d.conf)
@@ -88,28 +86,12 @@ impl Rig {
     /// `agent handle` in the background, held at its first blob copy (lock taken, LEDs on
     /// "working") until [`Paused::go`].
     fn handle_paused(&self, devnode: &Path) -> Paused {
-        let file = self.root.join("paused");
-        let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-            .args(["agent", "handle", "-c"])
-            .arg(&self.s.d.conf)
-            .arg("-p")
-            .arg(&self.s.d.policy)
-            .arg(devnode)
-            .env("USB_UPDATE_PAUSE_AT", "copy-blob")
-            .env("USB_UPDATE_PAUSE_FILE", &file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !file.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never reached the copy"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Paused { child, file }
+        let cmd = usb_update(
+            &self.s.d,
+            &["agent", "handle"],
+            &[devnode.to_str().unwrap()],
+        );
+        spawn_paused(cmd, "copy-blob", &self.root.join("paused"))
     }
 
     /// The LED's attributes: trigger, delay_on, delay_off.
@@ -121,23 +103,6 @@ impl Rig {
                 .to_string()
         };
         (read("trigger"), read("delay_on"), read("delay_off"))
-    }
-}
-
-struct Paused {
-    child: std::process::Child,
-    file: PathBuf,
-}
-
-impl Paused {
-    fn go(self) -> Out {
-        std::fs::remove_file(&self.file).unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
     }
 }
 
@@ -256,18 +221,20 @@ fn apps_only_stick_restarts_docker_without_reboot() {
 #[test]
 fn tampered_bundle_is_refused_with_error_pattern_and_report() {
     let (r, b) = rig_with_v2();
+    // A signed field changed, the file still well-formed: a security error (11), the
+    // snapshot's hash of targets.json no longer matching.
     let path = b.path().join("tuf/targets.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replacen("\"version\"", "\"versiom\"", 1);
-    std::fs::write(&path, text).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let version = v["signed"]["version"].as_u64().unwrap();
+    v["signed"]["version"] = (version + 1).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let stick = stick_with(b.path());
     // systemd's notification socket: `systemctl status` shows the STATUS= lines.
     let notify = r.root.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
     sock.set_nonblocking(true).unwrap();
     let o = r.agent_env(&["handle", stick.devnode()], &[("NOTIFY_SOCKET", &notify)]);
-    assert!(o.code == 11 || o.code == 4, "{}{}", o.stdout, o.stderr);
+    assert_eq!(o.code, 11, "{}{}", o.stdout, o.stderr);
     let mut buf = [0u8; 4096];
     let mut statuses = Vec::new();
     while let Ok(n) = sock.recv(&mut buf) {
@@ -290,9 +257,9 @@ fn tampered_bundle_is_refused_with_error_pattern_and_report() {
         report["result"],
         "failed: the device still runs what it ran before"
     );
-    assert!(
-        report["error"].as_str().unwrap().contains("targets.json"),
-        "{report}"
+    assert_eq!(
+        report["error"],
+        "targets.json: hash does not match the one in snapshot.json"
     );
     assert_eq!(deployments(&r.s.d).len(), 1);
     assert!(r.actions().is_empty());

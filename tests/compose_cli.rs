@@ -3,11 +3,15 @@
 //! from a docker-save tar built here (no registry), and a compose file that pins the image
 //! by a digest no registry can resolve, as Foundries apps do.
 
+#[path = "common/dockerd.rs"]
+mod dockerd;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use dockerd::Dockerd;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -15,81 +19,27 @@ use usb_update::apps::compose::{override_yaml, Cli, OVERRIDE_FILE};
 use usb_update::gen::oci::deterministic_tar;
 use usb_update::gen::LayerEntry;
 
-const DOCKERD: &str = "/usr/sbin/dockerd";
 const TAG: &str = "usb-update-test/app:loaded";
 const PINNED: &str =
     "hub.foundries.io/f/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// A private dockerd in a temporary directory; stopped, unmounted and removed on drop.
-struct Dockerd {
-    dir: tempfile::TempDir,
-    child: Child,
-}
+/// The suite's private dockerd (tests/common/dockerd.rs: it fails, naming what is missing,
+/// where none can start), with a plain HTTP client for what the test checks.
+struct Engine(Dockerd);
 
-impl Dockerd {
-    /// `None` (after saying so) where a private engine cannot run: not root, no dockerd.
-    fn start() -> Option<Dockerd> {
-        if !nix::unistd::Uid::effective().is_root() || !Path::new(DOCKERD).exists() {
-            eprintln!("!!! SKIPPED: needs root and {DOCKERD}: compose CLI test not run");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("compose-cli-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        let log = std::fs::File::create(d.join("log")).unwrap();
-        // Its own containerd namespace: where a system containerd runs (Debian's docker.io),
-        // dockerd uses it, and must not share the system engine's "moby" namespace.
-        let ns = format!("usb-update-test-{}", std::process::id());
-        let child = Command::new(DOCKERD)
-            .arg(format!("--data-root={}/data", d.display()))
-            .arg(format!("--exec-root={}/exec", d.display()))
-            .arg(format!("--pidfile={}/pid", d.display()))
-            .arg(format!("--host=unix://{}/sock", d.display()))
-            .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
-            .arg(format!("--containerd-namespace={ns}"))
-            .arg(format!("--containerd-plugins-namespace={ns}-plugins"))
-            .arg("--shutdown-timeout=2")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut engine = Dockerd { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = engine.try_http("GET", "/_ping", b"") {
-                return Some(engine);
-            }
-            if let Ok(Some(status)) = engine.child.try_wait() {
-                panic!("dockerd exited ({status}): {}", engine.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd not up in 60 s: {}",
-                engine.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("sock")
+impl Engine {
+    fn start() -> Engine {
+        Engine(Dockerd::start())
     }
 
     fn host(&self) -> String {
-        format!("unix://{}", self.sock().display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        self.0.host()
     }
 
     /// One HTTP/1.0 request on the engine socket (the server closes after the response,
     /// which is therefore neither chunked nor kept alive): status and body.
     fn try_http(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = UnixStream::connect(self.sock())?;
+        let mut s = UnixStream::connect(self.0.socket())?;
         let head = format!(
             "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/x-tar\r\n\
              Content-Length: {}\r\n\r\n",
@@ -133,36 +83,6 @@ impl Dockerd {
             .filter(|c| label(c).as_deref() == Some(project))
             .map(|c| (str_of(&c["State"]), str_of(&c["Image"])))
             .collect()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM (a clean shutdown that unmounts what it can); std only offers SIGKILL.
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-        unsafe { nix::libc::kill(self.child.id() as nix::libc::pid_t, nix::libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Whatever dockerd left mounted under the directory (overlay, shm, netns), deepest
-        // first, so that the temporary directory can go.
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<String> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|m| m.replace("\\040", " "))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
     }
 }
 
@@ -217,9 +137,7 @@ fn project(tmp: &Path) -> PathBuf {
 
 #[test]
 fn up_runs_the_loaded_image_and_down_removes_it() {
-    let Some(engine) = Dockerd::start() else {
-        return;
-    };
+    let engine = Engine::start();
     let loaded = engine.http("POST", "/images/load?quiet=1", &image_tar(TAG));
     assert!(loaded.to_string().contains(TAG), "{loaded}");
     let tmp = tempfile::tempdir().unwrap();
@@ -248,9 +166,7 @@ fn up_runs_the_loaded_image_and_down_removes_it() {
 
 #[test]
 fn up_without_the_override_fails_with_composes_reason() {
-    let Some(engine) = Dockerd::start() else {
-        return;
-    };
+    let engine = Engine::start();
     engine.http("POST", "/images/load?quiet=1", &image_tar(TAG));
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path());

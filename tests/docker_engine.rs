@@ -4,6 +4,8 @@
 
 #[path = "common/dockerd.rs"]
 mod dockerd;
+#[path = "common/gate.rs"]
+mod gate;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -15,6 +17,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
 use dockerd::Dockerd;
+use gate::{Gate, Hold};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use usb_update::apps::docker::{ContainerState, Engine, ImageToLoad};
@@ -68,8 +71,9 @@ fn assert_err<T>(r: usb_update::Result<T>, code: Code, parts: &[&str]) -> String
     msg
 }
 
+/// Waits for `what`; the deadline is a guard against hanging, not a limit on the engine.
 fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(t) = f() {
             return t;
@@ -220,10 +224,15 @@ fn unreachable_engine_is_code_52() {
         &["tcp://127.0.0.1:2375", "only unix://"],
     );
 
-    // Only this test reads DOCKER_HOST.
-    std::env::set_var("DOCKER_HOST", format!("unix://{}", stale.display()));
+    // $DOCKER_HOST, as `connect` reads it (the process environment stays as it is: other
+    // tests of this binary may share it).
+    let stale_host = format!("unix://{}", stale.display());
+    assert_eq!(Engine::host_from(Some(stale_host.clone())), stale_host);
+    for unset in [None, Some(String::new())] {
+        assert_eq!(Engine::host_from(unset), "unix:///var/run/docker.sock");
+    }
     assert_err(
-        Engine::connect(),
+        Engine::connect_to(&Engine::host_from(Some(stale_host))),
         Code::DockerUnavailable,
         &[&stale.display().to_string()],
     );
@@ -311,17 +320,31 @@ fn large_layer_streams_in_flat_memory() {
         .unwrap());
 }
 
-/// dockerd goes away while it receives a layer: 52, not a content error.
+/// dockerd goes away while it receives a layer: 52, not a content error. A gate passes the
+/// first 16 MiB of the load request and holds the rest, so the engine cannot finish the
+/// load (and answer 50 for the diff id) before it is stopped, however fast it is.
 #[test]
 fn engine_lost_during_load_is_code_52() {
     let mut d = Dockerd::start();
-    let socket = d.socket().display().to_string();
+    let gate = Gate::new(
+        &d.socket(),
+        Hold {
+            method: "POST",
+            path: |p| p == "/images/load",
+            pass: 16 << 20,
+        },
+    );
     let store = TempDir::new().unwrap();
-    let layer = sparse_layer(store.path(), 1 << 30);
+    let layer = sparse_layer(store.path(), 256 << 20);
     // The engine never gets far enough to check the diff id.
     let image = image_of(store.path(), "f/big:v1", layer, &"0".repeat(64));
-    let engine = connect(&d);
+    let engine = Engine::connect_to(&gate.host()).unwrap();
     let loading = std::thread::spawn(move || engine.load(&image));
+    gate.wait_held(|| {
+        loading
+            .is_finished()
+            .then(|| "the load ended before the gate held it".to_string())
+    });
     // dockerd unpacks what it receives under <data-root>/tmp/docker-import-*.
     let tmp = d.root().join("data/tmp");
     wait_until("dockerd receiving the layer", || {
@@ -337,7 +360,8 @@ fn engine_lost_during_load_is_code_52() {
         loading.join().unwrap(),
         Code::DockerUnavailable,
         &[&format!(
-            "lost the Docker engine at {socket} while loading image f/big:v1: "
+            "lost the Docker engine at {} while loading image f/big:v1: ",
+            gate.socket().display()
         )],
     );
     eprintln!("{msg}");

@@ -5,9 +5,9 @@
 //! bootloader environment, running containers and their images, images in the engine,
 //! store versions and blobs, projects, the record of the previous apps and its copies.
 //!
-//! A round with dockerd costs seconds, so the points of one command are chained: killed at
-//! the first, the re-run is killed at the next, and so on (a crash after a crash), then
-//! once more to the end.
+//! Each point is killed on its own (the re-run's exact code is asserted), and the points of
+//! one command are also chained once: killed at the first, the re-run is killed at the
+//! next, and so on (a crash after a crash), then once more to the end.
 
 mod common;
 
@@ -27,6 +27,8 @@ struct AppsProgressive {
     /// The version whose rootfs the device runs (apps-only updates keep it).
     rootfs: &'static str,
     next: u32,
+    /// Version -> the digests of its bundle's TUF files.
+    tuf: BTreeMap<u32, BTreeMap<String, String>>,
 }
 
 impl AppsProgressive {
@@ -38,7 +40,15 @@ impl AppsProgressive {
             cur: 1,
             rootfs: "1",
             next: 2,
+            tuf: BTreeMap::new(),
         }
+    }
+
+    /// The bundle of version `v`, its TUF files recorded for [`AppsProgressive::roles`].
+    fn bundle(&mut self, v: u32, targets: Vec<T>) -> tempfile::TempDir {
+        let b = self.s.bundle(targets);
+        self.tuf.insert(v, file_digests(&b.path().join("tuf")));
+        b
     }
 
     /// Commits, names and every digest that belongs to one version only, by role.
@@ -58,7 +68,7 @@ impl AppsProgressive {
         }
         // A digest written for several versions (the same app again) takes the role of the
         // newest: the same in every round of a scenario.
-        let mut pairs = Vec::new();
+        let mut pairs = tuf_roles(&self.tuf, new, self.cur);
         for (d, vs) in owners {
             if let Some(v) = vs.iter().next_back() {
                 pairs.push((d, format!("{}-digest", role(*v, new, self.cur))));
@@ -189,7 +199,7 @@ impl AppsProgressive {
         what: &str,
     ) {
         for (point, _) in chain {
-            killed(&self.cmd(cmd, bundle, &[(CRASH, point)]), point);
+            killed(&self.s.d, &self.cmd(cmd, bundle, &[(CRASH, point)]), point);
             self.nothing_lost(committed, what);
         }
         let want = chain.last().map_or(want, |(_, again)| *again);
@@ -202,9 +212,10 @@ impl AppsProgressive {
         self.next += 1;
         let ver = leak(v.to_string());
         let f = self.s.f.name.clone();
-        let b = self
-            .s
-            .bundle(vec![T::new(ver, vec![app(&f, "app-01", &format!("v{v}"))])]);
+        let b = self.bundle(
+            v,
+            vec![T::new(ver, vec![app(&f, "app-01", &format!("v{v}"))])],
+        );
         let (_, failed_before) = self.snapshot(v);
         let what = format!("{kills:?}");
         let of = |cmd: Cmd| -> Vec<(&str, i32)> {
@@ -241,7 +252,7 @@ impl AppsProgressive {
         let mut bad = AppSpec::busybox_running(&f, "app-02", "bad", "exit 3", true);
         bad.images[0].config.healthcheck = None;
         let good = app(&f, "app-01", &format!("v{}", self.cur));
-        let b = self.s.bundle(vec![T::new(ver, vec![good, bad])]);
+        let b = self.bundle(v, vec![T::new(ver, vec![good, bad])]);
         let (_, failed_before) = self.snapshot(v);
         let what = format!("{kills:?}");
         code(&self.cmd("install", Some(b.path()), &[]), 100, &what);
@@ -275,14 +286,14 @@ impl AppsProgressive {
         let ver = leak(v.to_string());
         let f = self.s.f.name.clone();
         let good = app(&f, "app-01", &format!("v{}", self.cur));
-        let b = self.s.bundle(vec![T::new(ver, vec![good])]);
+        let b = self.bundle(v, vec![T::new(ver, vec![good])]);
         let (_, failed_before) = self.snapshot(v);
         let what = kill.map_or("reference".to_string(), |k| format!("{k:?}"));
         code(&self.cmd("install", Some(b.path()), &[]), 100, &what);
         self.s.reboot_into(self.rootfs, &format!("boot-{v}"));
         match kill {
             Some((point, again)) => {
-                killed(&self.cmd("run", None, &[(CRASH, point)]), point);
+                killed(&self.s.d, &self.cmd("run", None, &[(CRASH, point)]), point);
                 self.nothing_lost(None, &what);
                 code(&self.cmd("run", None, &[]), again, &what);
             }
@@ -300,9 +311,10 @@ impl AppsProgressive {
         self.next += 1;
         let ver = leak(v.to_string());
         let f = self.s.f.name.clone();
-        let b = self.s.bundle(vec![
-            T::new(ver, vec![app(&f, "app-01", &format!("v{v}"))]).on(self.rootfs)
-        ]);
+        let b = self.bundle(
+            v,
+            vec![T::new(ver, vec![app(&f, "app-01", &format!("v{v}"))]).on(self.rootfs)],
+        );
         let stick = Stick::with(b.path(), "UPDATE");
         let (_, failed_before) = self.snapshot(v);
         let what = kill.map_or("reference".to_string(), |k| format!("{k:?}"));
@@ -310,6 +322,7 @@ impl AppsProgressive {
         match kill {
             Some((point, again)) => {
                 killed(
+                    d,
                     &agent(d, &["handle", stick.devnode()], &[(CRASH, point)]),
                     point,
                 );
@@ -328,15 +341,32 @@ impl AppsProgressive {
     }
 }
 
-/// Compose device, an update: the install points killed one after the other in one
-/// install (each re-run dies at the next), the run points likewise: a full round with a
-/// private dockerd costs seconds, and a chain is the harder case (a crash after a crash).
+/// Compose device, an update, killed at each point of `install` on its own (the re-run's
+/// exact code), then at all of them in one install (each re-run dies at the next: a crash
+/// after a crash).
 #[test]
-fn compose_update_killed_at_every_point_converges() {
+fn compose_update_killed_at_every_install_point_converges() {
     let mut p = AppsProgressive::new();
     p.update(&[]);
     let reference = p.update(&[]);
+    let install: Vec<_> = APPS_UPDATE.iter().filter(|k| k.1 == Cmd::Install).collect();
+    for kill in &install {
+        assert_eq!(p.update(&[**kill]), reference, "{kill:?}");
+    }
     assert_eq!(p.update(APPS_UPDATE), reference, "{APPS_UPDATE:?}");
+}
+
+/// Compose device, an update killed at each point of `run` on its own; then an apps-only
+/// stick through the agent, killed at each of its points.
+#[test]
+fn compose_update_killed_at_every_run_and_agent_point_converges() {
+    let mut p = AppsProgressive::new();
+    p.update(&[]);
+    let reference = p.update(&[]);
+    let run: Vec<_> = APPS_UPDATE.iter().filter(|k| k.1 == Cmd::Run).collect();
+    for kill in &run {
+        assert_eq!(p.update(&[**kill]), reference, "{kill:?}");
+    }
     let reference = p.agent_apps_only(None);
     for (point, again) in AGENT_APPS_ONLY {
         assert_eq!(
@@ -347,19 +377,34 @@ fn compose_update_killed_at_every_point_converges() {
     }
 }
 
-/// Compose device, rollbacks: apps failing on the new rootfs (points chained per run), and
-/// the bootloader booting the previous rootfs.
+/// Compose device, apps failing on the new rootfs: `run` on it killed at each of its
+/// points on its own, then at all points of both runs chained.
 #[test]
-fn compose_rollback_killed_at_every_point_converges() {
+fn compose_rollback_killed_at_every_point_of_the_first_run_converges() {
     let mut p = AppsProgressive::new();
     p.update(&[]);
     let reference = p.apps_rollback(&[]);
     assert_eq!(reference.1.len(), 1, "{:?}", reference.1);
+    for kill in APPS_ROLLBACK.iter().filter(|k| k.1 == 1) {
+        assert_eq!(p.apps_rollback(&[*kill]), reference, "{kill:?}");
+    }
     assert_eq!(
         p.apps_rollback(APPS_ROLLBACK),
         reference,
         "{APPS_ROLLBACK:?}"
     );
+}
+
+/// Compose device, apps failing on the new rootfs: `run` after the rollback reboot killed
+/// at each of its points on its own; then the bootloader booting the previous rootfs.
+#[test]
+fn compose_rollback_killed_at_every_point_after_the_reboot_converges() {
+    let mut p = AppsProgressive::new();
+    p.update(&[]);
+    let reference = p.apps_rollback(&[]);
+    for kill in APPS_ROLLBACK.iter().filter(|k| k.1 == 2) {
+        assert_eq!(p.apps_rollback(&[*kill]), reference, "{kill:?}");
+    }
     let reference = p.bootloader_rollback(None);
     for (point, again) in APPS_BOOTLOADER_ROLLBACK {
         assert_eq!(

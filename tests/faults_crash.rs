@@ -91,7 +91,10 @@ impl Progressive {
     }
 
     fn roles(&self, new: u32) -> Roles {
-        let mut pairs: Vec<(String, String)> = Vec::new();
+        let tuf = (self.bundles.iter())
+            .map(|(v, b)| (*v, file_digests(&b.path().join("tuf"))))
+            .collect();
+        let mut pairs = tuf_roles(&tuf, new, self.cur);
         for (v, c) in self.commits.iter().rev() {
             let r = role(*v, new, self.cur);
             pairs.push((c.clone(), r.into()));
@@ -128,7 +131,7 @@ impl Progressive {
         let what = kill.map_or("reference".to_string(), |k| format!("{k:?}"));
         match kill {
             Some((point, Cmd::Install, again)) => {
-                killed(&self.install(v, &[(CRASH, point)]), point);
+                killed(&self.d, &self.install(v, &[(CRASH, point)]), point);
                 self.nothing_lost(None, &what);
                 code(&self.install(v, &[]), again, &what);
             }
@@ -137,7 +140,7 @@ impl Progressive {
         self.d.reboot_into(&self.commits[&v], &format!("boot-{v}"));
         match kill {
             Some((point, Cmd::Run, again)) => {
-                killed(&self.run(&[(CRASH, point)]), point);
+                killed(&self.d, &self.run(&[(CRASH, point)]), point);
                 self.nothing_lost(Some(v), &what);
                 code(&self.run(&[]), again, &what);
             }
@@ -165,7 +168,7 @@ impl Progressive {
             .reboot_into(&self.commits[&self.cur], &format!("boot-{v}"));
         match kill {
             Some((point, again)) => {
-                killed(&self.run(&[(CRASH, point)]), point);
+                killed(&self.d, &self.run(&[(CRASH, point)]), point);
                 self.nothing_lost(None, &what);
                 code(&self.run(&[]), again, &what);
             }
@@ -242,12 +245,20 @@ fn reboot_loop_ends_on_the_denylist_after_boot_attempts() {
     // Default: 3.
     for boot in 1..=3u32 {
         p.d.reboot_into(&p.commits[&3], &format!("loop-{boot}"));
-        killed(&p.run(&[(CRASH, "run-boot-counted")]), "run-boot-counted");
+        killed(
+            &p.d,
+            &p.run(&[(CRASH, "run-boot-counted")]),
+            "run-boot-counted",
+        );
         let st = read_json(&dir.join("state.json"));
         assert_eq!(st["pending"]["boot_attempts"], boot, "boot {boot}");
         // run again in the same boot (a crash of run, not of the boot) does not count.
         if boot == 1 {
-            killed(&p.run(&[(CRASH, "run-boot-ok-set")]), "run-boot-ok-set");
+            killed(
+                &p.d,
+                &p.run(&[(CRASH, "run-boot-ok-set")]),
+                "run-boot-ok-set",
+            );
             let st = read_json(&dir.join("state.json"));
             assert_eq!(
                 st["pending"]["boot_attempts"], 1,
@@ -361,7 +372,7 @@ fn agent_killed_at_every_point_converges() {
         let handle = |env: &[(&str, &str)]| agent(&p.d, &["handle", stick.devnode()], env);
         match kill {
             Some((point, again)) if point != "agent-finalize-ran" => {
-                killed(&handle(&[(CRASH, point)]), point);
+                killed(&p.d, &handle(&[(CRASH, point)]), point);
                 p.nothing_lost(None, &what);
                 code(&handle(&[]), again, &what);
             }
@@ -375,7 +386,7 @@ fn agent_killed_at_every_point_converges() {
         p.d.reboot_into(&p.commits[&v], &format!("boot-{v}"));
         match kill {
             Some((point @ "agent-finalize-ran", again)) => {
-                killed(&agent(&p.d, &["finalize"], &[(CRASH, point)]), point);
+                killed(&p.d, &agent(&p.d, &["finalize"], &[(CRASH, point)]), point);
                 code(&agent(&p.d, &["finalize"], &[]), again, &what);
             }
             _ => code(&agent(&p.d, &["finalize"], &[]), 0, &what),
@@ -408,6 +419,7 @@ fn a_marker_ahead_of_its_state_is_removed_by_run() {
     let p = Progressive::new(2);
     let dir = p.d.state_dir();
     killed(
+        &p.d,
         &p.install(2, &[(CRASH, "state-marker-written")]),
         "state-marker-written",
     );

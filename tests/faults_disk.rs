@@ -9,7 +9,7 @@ mod common;
 
 use common::apps::{app, AppScene, T};
 use common::faults::{self, code, usb_update, Out, SmallDisk, Snapshot};
-use common::scene::{deployments, scene};
+use common::scene::{deployments, scene, scene_in};
 use common::Device;
 
 /// `install` held at `point`, the disk filled there, then let go.
@@ -46,8 +46,7 @@ fn pending(d: &Device) -> bool {
 #[test]
 fn full_sysroot_is_60_at_pull_deploy_and_record_and_the_retry_installs() {
     let disk = SmallDisk::new(64);
-    std::env::set_var("TMPDIR", &disk.dir);
-    let s = scene("1", &["1", "2"], &["2"], None);
+    let s = scene_in(Some(&disk.dir), "1", &["1", "2"], &["2"], None);
     let d = &s.d;
     let repo = d.sysroot.join("ostree/repo");
     let before = Snapshot::take(d, None);
@@ -124,8 +123,7 @@ fn no_tmp_files(d: &Device) -> bool {
 #[test]
 fn full_app_store_and_engine_root_are_60_and_the_retry_installs() {
     let disk = SmallDisk::new(64);
-    std::env::set_var("TMPDIR", &disk.dir);
-    let mut s = AppScene::new(None);
+    let mut s = AppScene::in_dir(None, Some(&disk.dir));
     s.docker.stop();
     let engine_disk = SmallDisk::at(&s.docker.root().join("data"), 160);
     s.docker.restart();

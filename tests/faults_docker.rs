@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::apps::{app, AppScene, T};
 use common::faults::{self, code, usb_update, Out, Snapshot};
+use common::gate::{Gate, Hold};
 use common::scene::{deployments, state};
 
 fn out(r: common::Run) -> Out {
@@ -87,8 +88,10 @@ fn engine_stopped_before_compose_up_is_52_and_stays_pending() {
     assert_eq!(s.running()["app-01"][0].1, s.image_id("2", "app-01"));
 }
 
-/// The engine stopped while the compose CLI's `up` runs, once the app's container exists
-/// (SIGTERM: after a SIGKILL its containerd lingers and this rig cannot start it again).
+/// The engine stopped while the compose CLI's `up` runs, between creating the app's
+/// container and starting it: a gate in front of the engine holds the start request, so
+/// the engine is stopped exactly there (SIGTERM: after a SIGKILL its containerd lingers and
+/// this rig cannot start it again).
 #[test]
 fn engine_stopped_during_compose_up_is_52_and_stays_pending() {
     let mut s = AppScene::new(None);
@@ -97,24 +100,33 @@ fn engine_stopped_during_compose_up_is_52_and_stays_pending() {
     code(&out(s.install(b.path())), 101);
     let before = Snapshot::take(&s.d, None);
 
-    let cmd = usb_update(&s.d, &["run"], &[]);
-    let paused = faults::spawn_paused(cmd, "compose-up", &s.d.tmp.path().join("paused"));
-    let engine = s.engine();
-    let waiting = std::thread::spawn(move || paused.go());
-    // Compose creates the project's container, then starts it: stop the engine between.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while engine
-        .project_containers("app-01")
-        .map_or(true, |c| c.is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "compose never created a container"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let gate = Gate::new(
+        &s.docker.socket(),
+        Hold {
+            method: "POST",
+            path: |p| p.starts_with("/containers/") && p.ends_with("/start"),
+            pass: 0,
+        },
+    );
+    let mut cmd = usb_update(&s.d, &["run"], &[]);
+    cmd.env("DOCKER_HOST", gate.host());
+    let run = faults::in_background(cmd);
+    gate.wait_held(|| {
+        run.is_finished()
+            .then(|| "run ended before compose started a container".to_string())
+    });
+    // Created, never started.
+    let created = s.engine().project_containers("app-01").unwrap();
+    assert_eq!(
+        created
+            .iter()
+            .map(|c| c.status.as_str())
+            .collect::<Vec<_>>(),
+        ["created"],
+        "{created:#?}"
+    );
     s.docker.stop();
-    let o = waiting.join().unwrap();
+    let o = run.join().unwrap();
     code(&o, 52);
     pending_untouched(&s, "intel-corei7-64-lmp-2");
     // run's first step put the project in place; the retry puts it there again.
@@ -143,15 +155,7 @@ fn engine_restarted_during_compose_up_is_not_an_app_failure() {
          exit $rc",
     );
 
-    let mut cmd = usb_update(&s.d, &["run"], &[]);
-    let run = std::thread::spawn(move || {
-        let o = cmd.output().unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    });
+    let run = faults::in_background(usb_update(&s.d, &["run"], &[]));
     let wait_for = |p: &std::path::Path| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !p.exists() {

@@ -15,9 +15,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::faults::{code, spawn_paused, usb_update};
 use common::scene::scene;
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -30,27 +30,40 @@ fn sh(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// An ext4 image on a loop device mounted at `at`; unmounted and detached on drop.
+/// An ext4 image on a loop device mounted at `at`; unmounted and detached on drop, also
+/// when the mount itself failed or the test fails while it is mounted.
 struct LoopFs {
     dev: String,
-    at: PathBuf,
+    at: Option<PathBuf>,
 }
 
 impl LoopFs {
     fn new(image: &Path, at: &Path, options: &str) -> LoopFs {
-        let dev = sh("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        let mut fs = LoopFs {
+            dev: sh("losetup", &["--find", "--show", image.to_str().unwrap()]),
+            at: None,
+        };
         std::fs::create_dir_all(at).unwrap();
-        sh("mount", &["-o", options, &dev, at.to_str().unwrap()]);
-        LoopFs {
-            dev,
-            at: at.to_path_buf(),
-        }
+        sh("mount", &["-o", options, &fs.dev, at.to_str().unwrap()]);
+        fs.at = Some(at.to_path_buf());
+        fs
+    }
+
+    fn at(&self) -> &Path {
+        self.at.as_deref().expect("mounted")
     }
 }
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
+        if let Some(at) = &self.at {
+            // Busy (a child of a failed test still in it): detached lazily, the loop device
+            // is freed when the last user goes (losetup -d sets autoclear).
+            let unmounted = Command::new("umount").arg(at).status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(at).status();
+            }
+        }
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
@@ -103,24 +116,12 @@ fn state_files_are_old_or_new_after_a_power_cut() {
     );
 
     // The next install, held right after its state write.
-    let paused = work.path().join("paused");
-    let child = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .args(["install", "-c"])
-        .arg(&s.d.conf)
-        .arg("-p")
-        .arg(&s.d.policy)
-        .args(["--src-dir", src, "--target", &target("3")])
-        .env("USB_UPDATE_PAUSE_AT", "state-saved")
-        .env("USB_UPDATE_PAUSE_FILE", &paused)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !paused.exists() {
-        assert!(Instant::now() < deadline, "install never saved its state");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let cmd = usb_update(
+        &s.d,
+        &["install"],
+        &["--src-dir", src, "--target", &target("3")],
+    );
+    let paused = spawn_paused(cmd, "state-saved", &work.path().join("paused"));
     let new = files(&dir);
     assert_ne!(new[Path::new("state.json")], old[Path::new("state.json")]);
     assert!(new.contains_key(Path::new("pending")));
@@ -135,14 +136,7 @@ fn state_files_are_old_or_new_after_a_power_cut() {
     drop(witness);
     let after = power_cut(&image, work.path(), "cut-2");
 
-    std::fs::remove_file(&paused).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(100),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    code(&paused.go(), 100);
 
     for (cut, files) in [
         ("right after the save", &durable),
@@ -186,7 +180,7 @@ fn power_cut(image: &Path, work: &Path, name: &str) -> BTreeMap<PathBuf, Vec<u8>
     let copy = work.join(format!("{name}.img"));
     std::fs::copy(image, &copy).unwrap();
     let snap = LoopFs::new(&copy, &work.join(name), "ro");
-    files(&snap.at)
+    files(snap.at())
 }
 
 /// Each file after the cut: its old content, its new one, or torn; and files lost.
@@ -244,7 +238,7 @@ fn a_kept_project_copy_is_on_the_disk_when_the_copy_returns() {
     )
     .unwrap();
     std::fs::write(project.join("config/app.conf"), "key = value\n").unwrap();
-    let kept = fs.at.join("previous-apps/app-01");
+    let kept = fs.at().join("previous-apps/app-01");
     usb_update::apps::previous::copy_tree(&project, &kept).unwrap();
     let after = power_cut(&image, work.path(), "cut");
     let copied: BTreeMap<PathBuf, Vec<u8>> = after

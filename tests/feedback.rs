@@ -133,13 +133,32 @@ fn progress_is_rate_limited() {
     for done in (0..=total).step_by(7).chain([total]) {
         fb.progress("copying apps", done, total);
     }
-    // Far faster than 5 s: one line per 10 %, no more.
-    assert!(started.elapsed().as_secs() < 5);
-    let want: Vec<String> = (0..=10)
-        .map(|d| format!("usb-update: copying apps: {}%", d * 10))
+    // A line per 10 % moved, and besides those at most one per 5 s (a loaded machine may
+    // take that long here; the timer itself is tested with a clock of its own in
+    // src/status): from 0 % to 100 %, rising, each at least 10 % above the one before
+    // except for the timer's and the last.
+    let every_5s = started.elapsed().as_secs() / 5;
+    let console = r.console();
+    let percents: Vec<u64> = console
+        .iter()
+        .map(|l| {
+            let p = l.strip_prefix("usb-update: copying apps: ").unwrap();
+            p.strip_suffix('%').unwrap().parse().unwrap()
+        })
         .collect();
-    assert_eq!(r.console(), want);
-    assert_eq!(fb.lines().len(), 11);
+    assert_eq!(
+        (percents.first(), percents.last()),
+        (Some(&0), Some(&100)),
+        "{console:?}"
+    );
+    let close = percents.windows(2).filter(|w| w[1] < w[0] + 10).count() as u64;
+    assert!(percents.windows(2).all(|w| w[1] > w[0]), "{console:?}");
+    assert!(close <= every_5s + 1, "{console:?}");
+    if every_5s == 0 {
+        let want: Vec<u64> = (0..=10).map(|d| d * 10).collect();
+        assert_eq!(percents, want);
+    }
+    assert_eq!(fb.lines().len(), console.len());
     let s = r.status();
     assert_eq!(
         (s["percent"].as_u64(), s["message"].as_str()),

@@ -234,7 +234,15 @@ fn corrupted_object_in_bundle_is_a_copy_error_and_changes_nothing() {
     assert_repo_clean(&sys);
     assert_eq!(csums(&p), vec![v1.clone()]);
     // And deploy refuses what is not there.
-    assert!(ost::deploy(&p, &v2).is_err());
+    let e = ost::deploy(&p, &v2).unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert_eq!(
+        e.one_line(),
+        format!(
+            "commit {v2} is not (completely) in the repo of {}: pull it first",
+            sys.path.display()
+        )
+    );
     assert_eq!(csums(&p), vec![v1]);
 }
 
@@ -248,75 +256,63 @@ fn commit_missing_from_bundle_is_content_missing() {
     assert_repo_clean(&sys);
 }
 
-/// A read-only bind mount of a directory (the stick), unmounted on drop; the directory
-/// itself when mounting is not possible here.
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A read-only bind mount of a directory (the stick), unmounted on drop. It must be
+/// read-only: a test of pulling from a read-only stick fails where it cannot make one.
 struct ReadOnlyBind {
-    src: PathBuf,
-    dir: Option<PathBuf>,
+    dir: PathBuf,
 }
 
 impl ReadOnlyBind {
     fn new(src: &Path, dir: &Path) -> ReadOnlyBind {
         fs::create_dir_all(dir).unwrap();
-        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        let mounted = ok(Command::new("mount").arg("--bind").arg(src).arg(dir));
-        if mounted
-            && ok(Command::new("mount")
-                .args(["-o", "remount,ro,bind"])
-                .arg(dir))
-        {
-            return ReadOnlyBind {
-                src: src.to_path_buf(),
-                dir: Some(dir.to_path_buf()),
-            };
-        }
-        if mounted {
-            let _ = Command::new("umount").arg(dir).status();
-        }
-        eprintln!("!!! cannot bind-mount read-only here: pulling from a writable directory");
-        ReadOnlyBind {
-            src: src.to_path_buf(),
-            dir: None,
-        }
+        sh(Command::new("mount").arg("--bind").arg(src).arg(dir));
+        let bind = ReadOnlyBind {
+            dir: dir.to_path_buf(),
+        };
+        sh(Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(dir));
+        let e = fs::write(dir.join("probe"), "x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EROFS), "{e}");
+        bind
     }
 
     fn path(&self) -> &Path {
-        self.dir.as_deref().unwrap_or(&self.src)
+        &self.dir
     }
 }
 
 impl Drop for ReadOnlyBind {
     fn drop(&mut self) {
-        if let Some(d) = &self.dir {
-            let _ = Command::new("umount").arg(d).status();
-        }
+        let _ = Command::new("umount").arg(&self.dir).status();
     }
 }
 
-/// A loop-mounted ext4 filesystem, unmounted on drop.
+/// A loop-mounted ext4 filesystem (root, util-linux), unmounted on drop: `mount -o loop`
+/// gives the loop device back with the mount.
 struct LoopMount {
     dir: PathBuf,
 }
 
 impl LoopMount {
-    fn new(img: &Path, dir: &Path, size_mb: u64) -> Option<LoopMount> {
+    fn new(img: &Path, dir: &Path, size_mb: u64) -> LoopMount {
         let f = fs::File::create(img).unwrap();
         f.set_len(size_mb << 20).unwrap();
         fs::create_dir_all(dir).unwrap();
-        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(img)) {
-            eprintln!("!!! SKIPPED: mkfs.ext4 failed: no-space test not run");
-            return None;
-        }
-        if !ok(Command::new("mount").args(["-o", "loop"]).arg(img).arg(dir)) {
-            eprintln!(
-                "!!! SKIPPED: cannot loop-mount an ext4 image (not root?): no-space test not run"
-            );
-            return None;
-        }
-        Some(LoopMount {
+        sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(img));
+        sh(Command::new("mount").args(["-o", "loop"]).arg(img).arg(dir));
+        LoopMount {
             dir: dir.to_path_buf(),
-        })
+        }
     }
 }
 
@@ -329,10 +325,7 @@ impl Drop for LoopMount {
 #[test]
 fn full_disk_is_no_space_and_leaves_nothing_half_done() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mnt) = LoopMount::new(&tmp.path().join("disk.img"), &tmp.path().join("mnt"), 40)
-    else {
-        return;
-    };
+    let mnt = LoopMount::new(&tmp.path().join("disk.img"), &tmp.path().join("mnt"), 40);
     let sys = TestSysroot::init_at(&mnt.dir.join("sysroot"), OS).unwrap();
     let factory = tmp.path().join("factory-repo");
     let v1 = commit(&factory, "1", vec![]);
@@ -394,10 +387,25 @@ fn make_default_remove_deployment_and_cleanup() {
     assert_eq!(csums(&p), vec![v1.clone(), v2.clone()]);
     ost::make_default(&p, &v1).unwrap();
     assert_eq!(csums(&p), vec![v1.clone(), v2.clone()]);
-    assert!(ost::make_default(&p, &"ab".repeat(32)).is_err());
+    let e = ost::make_default(&p, &"ab".repeat(32)).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "no deployment of commit {} for \"lmp\" in {}",
+            "ab".repeat(32),
+            sys.path.display()
+        )
+    );
     // The one running cannot be removed.
     sys.simulate_reboot(&v2, "boot-1").unwrap();
-    assert!(ost::remove_deployment(&p, &v2).is_err());
+    let e = ost::remove_deployment(&p, &v2).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "refusing to remove the deployment of {v2} from {}: it is the one running",
+            sys.path.display()
+        )
+    );
     sys.simulate_reboot(&v1, "boot-2").unwrap();
     ost::remove_deployment(&p, &v2).unwrap();
     assert_eq!(csums(&p), vec![v1.clone()]);

@@ -87,8 +87,14 @@ pub struct ImageSummary {
 impl Engine {
     /// The engine at `$DOCKER_HOST`, else at /var/run/docker.sock.
     pub fn connect() -> Result<Engine> {
-        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        Engine::connect_to(&host.unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}")))
+        Engine::connect_to(&Engine::host_from(std::env::var("DOCKER_HOST").ok()))
+    }
+
+    /// The engine address for a `$DOCKER_HOST` value (unset or empty: the default socket);
+    /// the value is passed in so that tests need not change their process's environment.
+    pub fn host_from(docker_host: Option<String>) -> String {
+        let host = docker_host.filter(|h| !h.is_empty());
+        host.unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
     }
 
     /// The engine at `host` (`unix://PATH`), pinged and with the API version negotiated.

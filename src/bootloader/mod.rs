@@ -33,7 +33,9 @@
 //! - Where aktualizr only logs a failed `fw_setenv`, or reads a failing printenv as "0", we
 //!   return the error: an install that cannot arm the boot counter or cannot tell whether a
 //!   firmware update is pending must not go on. A variable the tool reports as undefined is
-//!   `None` (aktualizr-lite's "not set"); only the running firmware version in
+//!   `None` (aktualizr-lite's "not set"; libubootenv's `fw_printenv -n`, which LmP ships,
+//!   prints an empty line for it, and U-Boot treats an empty variable as unset, so an empty
+//!   U-Boot value is `None` too); only the running firmware version in
 //!   [`BootEnv::check_boot_firmware`] falls back to "unknown" on any read failure, as there.
 //!
 //! `file` is our test double for a bootloader with boot counting and firmware updates (it
@@ -142,6 +144,8 @@ enum Backend {
         printenv: PathBuf,
         printenv_args: &'static [&'static str],
         setenv: PathBuf,
+        /// Before every other argument of both tools (`-c <fw_env.config>`).
+        leading: Vec<String>,
     },
     File(PathBuf),
 }
@@ -166,6 +170,7 @@ impl BootEnv {
                 printenv: printenv.into(),
                 printenv_args,
                 setenv: setenv.into(),
+                leading: Vec::new(),
             },
             None if mode == RollbackMode::File => {
                 Backend::File(crate::ostree::sim_file(sysroot, FILE_ENV_NAME))
@@ -189,8 +194,20 @@ impl BootEnv {
             printenv,
             printenv_args,
             setenv,
+            leading: Vec::new(),
         };
         Ok(BootEnv { mode, backend })
+    }
+
+    /// U-Boot's tools from `PATH` on the environment that `config` (an `fw_env.config`)
+    /// describes instead of `/etc/fw_env.config`: tests run the real tools on an
+    /// environment in a file.
+    pub fn uboot_with_config(masked: bool, config: &Path) -> BootEnv {
+        let mut env = BootEnv::new(RollbackMode::UBoot { masked }, Path::new("/"));
+        if let Backend::Tools { leading, .. } = &mut env.backend {
+            *leading = vec!["-c".into(), config.display().to_string()];
+        }
+        env
     }
 
     pub fn mode(&self) -> RollbackMode {
@@ -327,10 +344,22 @@ impl BootEnv {
             Backend::Tools {
                 printenv,
                 printenv_args,
+                leading,
                 ..
             } => {
-                let args: Vec<&str> = printenv_args.iter().copied().chain([var]).collect();
+                let args: Vec<&str> = (leading.iter().map(String::as_str))
+                    .chain(printenv_args.iter().copied())
+                    .chain([var])
+                    .collect();
                 match self.run(printenv, &args, sysroot_env)? {
+                    // libubootenv's fw_printenv prints an empty line for a variable that
+                    // is not set (U-Boot's own one says "not defined"); U-Boot itself
+                    // treats an empty variable as unset.
+                    Ok(value)
+                        if value.is_empty() && matches!(self.mode, RollbackMode::UBoot { .. }) =>
+                    {
+                        None
+                    }
                     Ok(value) => Some(value),
                     Err(stderr)
                         if self
@@ -372,9 +401,14 @@ impl BootEnv {
                 }
                 write_env_file(path, &vars)?;
             }
-            Backend::Tools { setenv, .. } => {
-                if let Err(stderr) = self.run(setenv, &[var, value], sysroot_env)? {
-                    bail!("{} failed: {stderr}", cmdline(setenv, &[var, value]));
+            Backend::Tools {
+                setenv, leading, ..
+            } => {
+                let args: Vec<&str> = (leading.iter().map(String::as_str))
+                    .chain([var, value])
+                    .collect();
+                if let Err(stderr) = self.run(setenv, &args, sysroot_env)? {
+                    bail!("{} failed: {stderr}", cmdline(setenv, &args));
                 }
             }
         }

@@ -1,5 +1,7 @@
-//! Unit tests of the bootloader environment: the file backend on a temp dir, and the tool
-//! backends against a stand-in script behind a real process boundary.
+//! Unit tests of the bootloader environment: the file backend on a temp dir, the U-Boot
+//! backends against Debian's real `fw_printenv`/`fw_setenv` (libubootenv-tool, as LmP
+//! ships) on an environment in a file, and fiovb/fioefi, whose tools need a TEE, against a
+//! stand-in script behind a real process boundary.
 use super::*;
 use tempfile::TempDir;
 
@@ -7,6 +9,84 @@ const ENVTOOL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/bootloader/envtool"
 );
+
+/// A U-Boot environment in a file, 8 KiB with its CRC, as on a device's flash: an
+/// `fw_env.config` naming it, created by `fw_setenv` itself from a default environment
+/// with the variables a device's U-Boot has before any update.
+struct UBootEnv {
+    dir: TempDir,
+}
+
+const UBOOT_DEFAULTS: &str = "bootcmd=run bootcmd_otenv\nbootlimit=3\n";
+
+impl UBootEnv {
+    fn new() -> UBootEnv {
+        let dir = TempDir::new().unwrap();
+        let image = dir.path().join("env.bin");
+        fs::File::create(&image).unwrap().set_len(0x2000).unwrap();
+        let config = format!("{} 0x0 0x2000\n", image.display());
+        fs::write(dir.path().join("fw_env.config"), config).unwrap();
+        fs::write(dir.path().join("defaults"), UBOOT_DEFAULTS).unwrap();
+        let env = UBootEnv { dir };
+        let config = env.config();
+        let defaults = env.dir.path().join("defaults");
+        let init = [
+            "-c",
+            config.to_str().unwrap(),
+            "-f",
+            defaults.to_str().unwrap(),
+            "bootlimit",
+            "3",
+        ];
+        env.tool("fw_setenv", &init);
+        assert_eq!(env.dump(), ["bootcmd=run bootcmd_otenv", "bootlimit=3"]);
+        env
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("fw_env.config")
+    }
+
+    fn env(&self, masked: bool) -> BootEnv {
+        BootEnv::uboot_with_config(masked, &self.config())
+    }
+
+    /// Run a tool of libubootenv-tool; its stdout.
+    fn tool(&self, name: &str, args: &[&str]) -> String {
+        let out = Command::new(name)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: {e} (scripts/setup installs libubootenv-tool)"));
+        assert!(
+            out.status.success(),
+            "{name} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The whole environment, `name=value` lines as fw_printenv lists them.
+    fn dump(&self) -> Vec<String> {
+        let config = self.config();
+        let text = self.tool("fw_printenv", &["-c", config.to_str().unwrap()]);
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// What U-Boot itself does at boot: counts the boot, sets `rollback` past the limit.
+    fn boot(&self) {
+        let config = self.config();
+        let c = config.to_str().unwrap();
+        let get = |name: &str| self.tool("fw_printenv", &["-c", c, "-n", name]);
+        if get("upgrade_available").trim() != "1" {
+            return;
+        }
+        let count: u32 = get("bootcount").trim().parse().unwrap_or(0) + 1;
+        self.tool("fw_setenv", &["-c", c, "bootcount", &count.to_string()]);
+        if count > get("bootlimit").trim().parse().unwrap() {
+            self.tool("fw_setenv", &["-c", c, "rollback", "1"]);
+        }
+    }
+}
 
 fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
     format!("{:#}", r.expect_err("expected an error"))
@@ -17,19 +97,14 @@ fn file_env(t: &TempDir) -> (BootEnv, PathBuf) {
     (env, t.path().join(".usb-update-sim/bootenv"))
 }
 
-/// A temp dir with the stand-in tool linked under `names`; variables live in `<dir>/env`.
+/// A temp dir with the fiovb/fioefi stand-in linked under `names`; variables live in
+/// `<dir>/env`.
 fn tool_dir(names: &[&str]) -> TempDir {
     let t = TempDir::new().unwrap();
     for n in names {
         std::os::unix::fs::symlink(ENVTOOL, t.path().join(n)).unwrap();
     }
     t
-}
-
-fn uboot(t: &TempDir, masked: bool) -> BootEnv {
-    let mode = RollbackMode::UBoot { masked };
-    let p = t.path();
-    BootEnv::with_tools(mode, p.join("fw_printenv"), p.join("fw_setenv")).unwrap()
 }
 
 fn read(t: &TempDir, name: &str) -> String {
@@ -149,38 +224,58 @@ fn from_config_selects_every_mode_and_rejects_unknown_ones() {
 }
 
 #[test]
-fn uboot_printenv_semantics_through_real_processes() {
-    let t = tool_dir(&["fw_printenv", "fw_setenv"]);
-    let env = uboot(&t, true);
+fn uboot_get_and_set_through_the_real_tools() {
+    let u = UBootEnv::new();
+    let env = u.env(true);
     assert_eq!(env.get("bootcount").unwrap(), None, "undefined is None");
+    assert_eq!(env.get("bootlimit").unwrap().as_deref(), Some("3"));
     env.set("bootcount", "2").unwrap();
-    env.set("empty", "").unwrap();
     assert_eq!(env.get("bootcount").unwrap().as_deref(), Some("2"));
-    assert_eq!(env.get("empty").unwrap().as_deref(), Some(""));
+    // fw_printenv -n prints an empty line for an empty and for an unset variable alike;
+    // for U-Boot both are unset.
+    env.set("empty", "").unwrap();
+    assert_eq!(env.get("empty").unwrap(), None);
+    // A value with spaces is one value; nothing is interpreted by a shell.
+    env.set("note", "a b;$(x)").unwrap();
+    assert_eq!(env.get("note").unwrap().as_deref(), Some("a b;$(x)"));
     assert_eq!(
-        read(&t, "calls"),
-        "fw_printenv -n bootcount\nfw_setenv bootcount 2\nfw_setenv empty \n\
-         fw_printenv -n bootcount\nfw_printenv -n empty\n"
+        u.dump(),
+        [
+            "bootcmd=run bootcmd_otenv",
+            "bootcount=2",
+            "bootlimit=3",
+            "empty=",
+            "note=a b;$(x)"
+        ]
     );
 }
 
 #[test]
 fn tool_failures_and_missing_tools_are_errors_naming_them() {
-    let t = tool_dir(&["broken_printenv", "broken_setenv"]);
-    let p = t.path();
-    let mode = RollbackMode::UBoot { masked: true };
-    let env = BootEnv::with_tools(mode, p.join("broken_printenv"), p.join("broken_setenv"));
-    let env = env.unwrap();
+    // The real tools on a configuration naming a device that is not there.
+    let t = TempDir::new().unwrap();
+    let config = t.path().join("fw_env.config");
+    fs::write(&config, "/nonexistent/mtd1 0x0 0x2000\n").unwrap();
+    let env = BootEnv::uboot_with_config(true, &config);
+    let c = config.display();
     let e = err_of(env.get("bootcount"));
     assert!(
-        e.contains("broken_printenv -n bootcount") && e.contains("Permission denied"),
+        e.starts_with(&format!("`fw_printenv -c {c} -n bootcount` failed: ")),
         "{e}"
     );
+    assert!(e.contains("Configuration file wrong or corrupted"), "{e}");
     let e = err_of(env.set("bootcount", "0"));
-    assert!(e.contains("broken_setenv bootcount 0"), "{e}");
+    assert!(
+        e.starts_with(&format!("`fw_setenv -c {c} bootcount 0` failed: ")),
+        "{e}"
+    );
     let e = err_of(env.boot_firmware_pending());
-    assert!(e.contains("broken_printenv"), "{e}");
+    assert!(e.contains("fw_printenv"), "{e}");
+    let e = err_of(env.update_notify());
+    assert!(e.contains("fw_setenv"), "{e}");
 
+    let p = t.path();
+    let mode = RollbackMode::UBoot { masked: true };
     let gone = BootEnv::with_tools(mode, p.join("nope_print"), p.join("nope_set")).unwrap();
     let e = err_of(gone.get("bootcount"));
     assert!(
@@ -221,9 +316,16 @@ fn boot_firmware_pending_only_when_the_flag_is_one() {
     assert!(!env.boot_firmware_pending().unwrap());
     env.set(BOOT_UPGRADE, "1").unwrap();
     assert!(env.boot_firmware_pending().unwrap());
+    // The real tools, masked: the flag the LmP boot script sets and clears.
+    let u = UBootEnv::new();
+    let masked = u.env(true);
+    assert!(!masked.boot_firmware_pending().unwrap());
+    masked.set(BOOT_UPGRADE, "1").unwrap();
+    assert!(masked.boot_firmware_pending().unwrap());
+    masked.set(BOOT_UPGRADE, "0").unwrap();
+    assert!(!masked.boot_firmware_pending().unwrap());
     // uboot_generic has no boot firmware support in aktualizr-lite, whatever the variable says.
-    let g = tool_dir(&["fw_printenv", "fw_setenv"]);
-    let generic = uboot(&g, false);
+    let generic = u.env(false);
     generic.set(BOOT_UPGRADE, "1").unwrap();
     assert!(!generic.boot_firmware_pending().unwrap());
 }
@@ -307,24 +409,117 @@ fn update_notify_and_set_boot_ok_follow_aktualizr() {
         "bootcount=0\nrollback=0\nupgrade_available=0\n"
     );
 
-    let m = tool_dir(&["fw_printenv", "fw_setenv"]);
-    uboot(&m, true).update_notify().unwrap();
-    uboot(&m, true).set_boot_ok().unwrap();
-    assert_eq!(
-        read(&m, "calls"),
-        "fw_setenv bootcount 0\nfw_setenv upgrade_available 1\nfw_setenv rollback 0\n\
-         fw_setenv bootcount 0\nfw_setenv upgrade_available 0\n"
-    );
+    // U-Boot, masked, with the real tools: what the environment holds after each step.
+    let m = UBootEnv::new();
+    let masked = m.env(true);
+    masked.set("bootcount", "2").unwrap();
+    masked.set("rollback", "1").unwrap();
+    masked.update_notify().unwrap();
+    assert_eq!(m.dump(), armed("1"));
+    masked.set("bootcount", "1").unwrap();
+    masked.set_boot_ok().unwrap();
+    assert_eq!(m.dump(), armed("0"));
 
-    let g = tool_dir(&["fw_printenv", "fw_setenv"]);
-    uboot(&g, false).update_notify().unwrap();
-    uboot(&g, false).set_boot_ok().unwrap();
+    // uboot_generic counts every boot: only the counter and the rollback flag.
+    let g = UBootEnv::new();
+    let generic = g.env(false);
+    generic.update_notify().unwrap();
     assert_eq!(
-        read(&g, "calls"),
-        "fw_setenv bootcount 0\nfw_setenv rollback 0\nfw_setenv bootcount 0\n"
+        g.dump(),
+        [
+            "bootcmd=run bootcmd_otenv",
+            "bootcount=0",
+            "bootlimit=3",
+            "rollback=0"
+        ]
     );
+    generic.set("bootcount", "2").unwrap();
+    generic.set_boot_ok().unwrap();
+    assert_eq!(generic.get("bootcount").unwrap().as_deref(), Some("0"));
+    assert_eq!(generic.get("upgrade_available").unwrap(), None);
     let d = deployment(Some("bootfirmware_version=2\n"));
-    assert!(!uboot(&g, false).check_boot_firmware(d.path()).unwrap());
+    assert!(!generic.check_boot_firmware(d.path()).unwrap());
+    assert_eq!(generic.get(BOOT_UPGRADE).unwrap(), None);
+}
+
+/// Boot counting as U-Boot does it (`upgrade_available` gates the count, past `bootlimit`
+/// it sets `rollback` and boots the other rootfs), on the real environment: a good boot
+/// disarms the counter, a new update clears the rollback of the one before.
+#[test]
+fn uboot_boot_counting_and_rollback_variables_with_the_real_tools() {
+    let u = UBootEnv::new();
+    let env = u.env(true);
+    // Not armed: U-Boot does not count.
+    u.boot();
+    assert_eq!(env.get("bootcount").unwrap(), None);
+
+    // An update armed it; the new rootfs boots twice without finishing, then comes up.
+    env.update_notify().unwrap();
+    u.boot();
+    u.boot();
+    assert_eq!(env.get("bootcount").unwrap().as_deref(), Some("2"));
+    assert_eq!(env.get("rollback").unwrap().as_deref(), Some("0"));
+    env.set_boot_ok().unwrap();
+    u.boot();
+    assert_eq!(env.get("bootcount").unwrap().as_deref(), Some("0"));
+    assert_eq!(env.get("upgrade_available").unwrap().as_deref(), Some("0"));
+
+    // The next update never boots: past bootlimit (3) U-Boot flags the rollback.
+    env.update_notify().unwrap();
+    for _ in 0..4 {
+        u.boot();
+    }
+    assert_eq!(env.get("bootcount").unwrap().as_deref(), Some("4"));
+    assert_eq!(env.get("rollback").unwrap().as_deref(), Some("1"));
+    // The previous rootfs, booted again, is good; the update after that starts afresh.
+    env.set_boot_ok().unwrap();
+    assert_eq!(
+        env.get("rollback").unwrap().as_deref(),
+        Some("1"),
+        "U-Boot's to clear"
+    );
+    env.update_notify().unwrap();
+    assert_eq!(u.dump(), armed("1"));
+}
+
+/// The environment after `update_notify` (`upgrade_available` "1") or `set_boot_ok` ("0")
+/// on a masked U-Boot: the device's own variables, the counter at 0, no rollback.
+fn armed(upgrade_available: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["bootcmd=run bootcmd_otenv", "bootcount=0", "bootlimit=3"]
+        .map(String::from)
+        .to_vec();
+    v.push("rollback=0".into());
+    v.push(format!("upgrade_available={upgrade_available}"));
+    v
+}
+
+#[test]
+fn uboot_boot_firmware_versions_with_the_real_tools() {
+    let u = UBootEnv::new();
+    let env = u.env(true);
+    // Unknown running version (not in the environment): a target with one is an update.
+    let six = deployment(Some("bootfirmware_version=6\n"));
+    assert!(env.check_boot_firmware(six.path()).unwrap());
+    assert!(env.boot_firmware_pending().unwrap());
+    // The reboot applied it: the boot script clears the flag and records the version.
+    env.set(BOOT_UPGRADE, "0").unwrap();
+    env.set(VERSION_KEY, "6").unwrap();
+    assert!(!env.check_boot_firmware(six.path()).unwrap());
+    assert!(!env.boot_firmware_pending().unwrap());
+    // Rollback protection compares numbers from the environment.
+    env.set("rollback_protection", "1").unwrap();
+    let why = env
+        .firmware_downgrade(Some("bootfirmware_version=5\n"))
+        .unwrap();
+    assert_eq!(
+        why.as_deref(),
+        Some("boot firmware rollback from version 6 to 5 refused (rollback_protection=1)")
+    );
+    assert_eq!(
+        env.firmware_downgrade(Some("bootfirmware_version=7\n"))
+            .unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -61,12 +61,18 @@ pub fn app(factory: &str, name: &str, marker: &str) -> AppSpec {
 
 impl AppScene {
     pub fn new(compose_apps: Option<&str>) -> AppScene {
+        AppScene::in_dir(compose_apps, None)
+    }
+
+    /// [`AppScene::new`] with the device's directory made in `base`.
+    pub fn in_dir(compose_apps: Option<&str>, base: Option<&Path>) -> AppScene {
         let f = Factory::new().expect("factory");
-        let d = Device::with(
+        let mut d = Device::with(
             &f,
             DeviceSpec {
                 pacman_type: "ostree+compose_apps",
                 rollback_mode: "file",
+                base,
                 ..Default::default()
             },
         );
@@ -89,8 +95,7 @@ impl AppScene {
         d.deploy_initial(&image.path().join("ostree_repo"), &c1.commit);
         d.reboot_into(&c1.commit, "sim-0");
         let docker = Dockerd::start();
-        // Each test is a process of its own (nextest), so the engine address can be global.
-        std::env::set_var("DOCKER_HOST", docker.host());
+        d.env.push(("DOCKER_HOST".into(), docker.host()));
         let mut commits = BTreeMap::new();
         commits.insert("1".to_string(), c1.commit);
         AppScene {
@@ -142,7 +147,7 @@ impl AppScene {
     }
 
     pub fn engine(&self) -> Engine {
-        Engine::connect().expect("engine")
+        Engine::connect_to(&self.docker.host()).expect("engine")
     }
 
     /// Running containers: project -> [(service, image id)].

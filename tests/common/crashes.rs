@@ -129,8 +129,14 @@ pub fn call_sites() -> BTreeMap<String, Vec<PathBuf>> {
     out
 }
 
+/// `r` died by SIGKILL at `point`; returns once the update lock of `d` is free again.
+///
+/// The kernel releases a killed process's flock with its files, but once (in 6 suite runs
+/// of about 60 kills each, under load) a re-run started right after the kill still found
+/// the lock taken, by nobody /proc/locks could name (exit 30): the test waits for the
+/// release it relies on (a lock still held after 60 s fails here, naming it).
 #[track_caller]
-pub fn killed(r: &Run, point: &str) {
+pub fn killed(d: &Device, r: &Run, point: &str) {
     assert!(
         r.code == -1 && r.stderr.contains(&format!("failpoint {point}: SIGKILL")),
         "{point}: expected a SIGKILL there, got {}\nstdout:\n{}\nstderr:\n{}",
@@ -138,6 +144,19 @@ pub fn killed(r: &Run, point: &str) {
         r.stdout,
         r.stderr
     );
+    let lock = d.tmp.path().join("run/lock/aklite.lock");
+    let Ok(file) = std::fs::File::open(&lock) else {
+        return; // never taken
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while file.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{point}: {} still locked 60 s after the kill",
+            lock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[track_caller]
@@ -230,7 +249,22 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
         std::fs::read_to_string(d.sysroot.join(".usb-update-sim/bootenv")).unwrap_or_default();
     let mut bootenv: Vec<&str> = bootenv.lines().collect();
     bootenv.sort();
-    let tuf: BTreeMap<String, String> = std::fs::read_dir(dir.join("tuf"))
+    let v = serde_json::json!({
+        "deployments": deployments(d),
+        "state": st,
+        "pending_marker": std::fs::read_to_string(dir.join("pending")).ok(),
+        "bootenv": bootenv,
+        // By content: the digest of each file, which [`tuf_roles`] names by the bundle
+        // (and role) it came from.
+        "tuf_files": file_digests(&dir.join("tuf")),
+        "aklite": aklite_state(d),
+    });
+    (v, failed)
+}
+
+/// Name -> sha256 of each file in `dir` (none: empty).
+pub fn file_digests(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
         .map(|r| {
             r.map(|e| {
                 let e = e.unwrap();
@@ -240,16 +274,34 @@ pub fn device_state(d: &Device) -> (serde_json::Value, Vec<String>) {
             })
             .collect()
         })
-        .unwrap_or_default();
-    let v = serde_json::json!({
-        "deployments": deployments(d),
-        "state": st,
-        "pending_marker": std::fs::read_to_string(dir.join("pending")).ok(),
-        "bootenv": bootenv,
-        "tuf_files": tuf.keys().collect::<Vec<_>>(),
-        "aklite": aklite_state(d),
-    });
-    (v, failed)
+        .unwrap_or_default()
+}
+
+/// The digest of every TUF file of every bundle (version -> its `tuf/` by
+/// [`file_digests`]) replaced by `<role>'s <name>` (the same bytes in several bundles:
+/// `any bundle's <name>`), so that a device holding the metadata of the wrong bundle, or
+/// a file that is none of them, differs from the reference.
+pub fn tuf_roles(
+    bundles: &BTreeMap<u32, BTreeMap<String, String>>,
+    new: u32,
+    cur: u32,
+) -> Vec<(String, String)> {
+    let mut owners: BTreeMap<&str, (Vec<u32>, &str)> = BTreeMap::new();
+    for (v, files) in bundles {
+        for (name, hash) in files {
+            owners.entry(hash).or_insert((Vec::new(), name)).0.push(*v);
+        }
+    }
+    owners
+        .into_iter()
+        .map(|(hash, (vs, name))| {
+            let label = match vs.as_slice() {
+                [v] => format!("{}'s {name}", role(*v, new, cur)),
+                _ => format!("any bundle's {name}"),
+            };
+            (hash.to_string(), label)
+        })
+        .collect()
 }
 
 /// What aktualizr-lite would read: of its database the current and pending rows and the
@@ -345,7 +397,8 @@ pub fn agent(d: &Device, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut all = vec![*sub, "-c", d.conf.to_str().unwrap(), "-p"];
     all.push(d.policy.to_str().unwrap());
     all.extend_from_slice(rest);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usb-update"))
+    let out = d
+        .bin()
         .envs(env.iter().copied())
         .arg("agent")
         .args(&all)

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use super::stick::Stick;
 use super::{fingerprint, Device};
 
-/// A child process held at a pause point until [`Paused::go`].
+/// A child process held at a pause point until [`Paused::go`]; killed if the test ends
+/// (fails) before that, so that it does not go on in a device being removed.
 pub struct Paused {
-    child: Child,
+    child: Option<Child>,
     file: PathBuf,
 }
 
@@ -63,15 +64,16 @@ pub fn spawn_paused(mut cmd: Command, point: &str, flag: &Path) -> Paused {
         std::thread::sleep(Duration::from_millis(20));
     }
     Paused {
-        child,
+        child: Some(child),
         file: flag.to_path_buf(),
     }
 }
 
 impl Paused {
-    pub fn go(self) -> Out {
+    pub fn go(mut self) -> Out {
         std::fs::remove_file(&self.file).expect("remove the pause file");
-        let out = self.child.wait_with_output().expect("wait");
+        let child = self.child.take().expect("a paused child");
+        let out = child.wait_with_output().expect("wait");
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -80,9 +82,30 @@ impl Paused {
     }
 }
 
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `cmd` run to its end in a thread of its own, while the test acts on it.
+pub fn in_background(mut cmd: Command) -> std::thread::JoinHandle<Out> {
+    std::thread::spawn(move || {
+        let o = cmd.output().expect("spawn usb-update");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    })
+}
+
 /// `usb-update <cmd> -c .. -p .. <args>` as a command to spawn.
 pub fn usb_update(d: &Device, cmd: &[&str], args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_usb-update"));
+    let mut c = d.bin();
     c.args(cmd)
         .arg("-c")
         .arg(&d.conf)

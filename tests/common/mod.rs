@@ -8,6 +8,7 @@ pub mod apps;
 pub mod crashes;
 pub mod dockerd;
 pub mod faults;
+pub mod gate;
 pub mod scene;
 pub mod stick;
 pub mod udev;
@@ -32,6 +33,10 @@ pub struct Device {
     pub sysroot: PathBuf,
     pub storage: PathBuf,
     pub tuf: PathBuf,
+    /// Environment of every command run on this device (`DOCKER_HOST` of a private engine):
+    /// given to each child, never set in the test process, which other tests share under
+    /// `cargo test`.
+    pub env: Vec<(String, String)>,
 }
 
 /// Builder options of a test device.
@@ -47,6 +52,9 @@ pub struct DeviceSpec<'a> {
     /// aktualizr-lite has run: its database (made from the schema facts) with the
     /// primary ECU `aklite-serial` / [`HWID`].
     pub aklite_db: bool,
+    /// The directory the device's temporary directory is made in (a small filesystem, say);
+    /// `None`: the system's.
+    pub base: Option<&'a Path>,
 }
 
 impl Default for DeviceSpec<'_> {
@@ -58,6 +66,7 @@ impl Default for DeviceSpec<'_> {
             cert: None,
             rollback_mode: "none",
             aklite_db: false,
+            base: None,
         }
     }
 }
@@ -68,7 +77,11 @@ impl Device {
     }
 
     pub fn with(factory: &Factory, spec: DeviceSpec) -> Device {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = match spec.base {
+            Some(base) => tempfile::tempdir_in(base),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let root = tmp.path();
         let import_dir = root.join("var/sota/import");
         let d = Device {
@@ -77,6 +90,7 @@ impl Device {
             sysroot: root.join("sysroot"),
             storage: root.join("var/sota"),
             tuf: root.join("usr/lib/sota/tuf"),
+            env: Vec::new(),
             tmp,
         };
         for dir in [&d.conf, &d.policy, &d.sysroot, &d.storage, &d.tuf] {
@@ -178,9 +192,17 @@ impl Device {
         self.command_env(cmd, args, &[])
     }
 
+    /// The binary with this device's environment, nothing else set.
+    pub fn bin(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_usb-update"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
     /// [`Device::command`] with extra environment variables.
     pub fn command_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+        let out = self
+            .bin()
             .envs(env.iter().copied())
             .arg(cmd)
             .arg("-c")

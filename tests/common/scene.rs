@@ -17,11 +17,23 @@ pub struct Scene {
 }
 
 pub fn scene(running: &str, all: &[&str], offered: &[&str], extra: Option<TargetSpec>) -> Scene {
+    scene_in(None, running, all, offered, extra)
+}
+
+/// [`scene`] with the device's directory made in `base`.
+pub fn scene_in(
+    base: Option<&std::path::Path>,
+    running: &str,
+    all: &[&str],
+    offered: &[&str],
+    extra: Option<TargetSpec>,
+) -> Scene {
     let f = Factory::new().unwrap();
     let d = Device::with(
         &f,
         DeviceSpec {
             rollback_mode: "file",
+            base,
             ..Default::default()
         },
     );

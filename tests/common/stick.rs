@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Stick {
     pub image: PathBuf,
@@ -41,31 +41,33 @@ impl Stick {
         let devnode = PathBuf::from(run(Command::new("losetup")
             .args(["--find", "--show"])
             .arg(&image)));
+        // Owned from here on: detached on drop, also when the wait below fails.
+        let stick = Stick {
+            image,
+            devnode,
+            uuid,
+            _dir: dir,
+        };
         // udev has seen it once it knows the filesystem.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + super::udev::UDEV_WAIT;
         loop {
             let props = Command::new("udevadm")
                 .args(["info", "--query=property"])
-                .arg(&devnode)
+                .arg(&stick.devnode)
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            if props.contains(&format!("ID_FS_UUID={uuid}")) {
+            if props.contains(&format!("ID_FS_UUID={}", stick.uuid)) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "udev never saw {}",
-                devnode.display()
+                stick.devnode.display()
             );
             let _ = Command::new("udevadm").args(["settle", "-t", "2"]).status();
         }
-        Stick {
-            image,
-            devnode,
-            uuid,
-            _dir: dir,
-        }
+        stick
     }
 
     /// Read a file from the stick through a read-only mount of its own.

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// How long udev may take to process an event before a test gives up.
-pub const UDEV_WAIT: Duration = Duration::from_secs(15);
+/// How long udev may take to process an event before a test gives up: a guard against a
+/// hang, generous for a loaded machine.
+pub const UDEV_WAIT: Duration = Duration::from_secs(60);
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     let out = Command::new(cmd)
@@ -105,7 +106,7 @@ pub fn properties(devnode: &Path) -> BTreeMap<String, String> {
 /// Waits until udev's database says what `done` wants about `devnode`.
 pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
     let _ = Command::new("udevadm")
-        .args(["settle", "--timeout=15"])
+        .args(["settle", "--timeout=60"])
         .status();
     let deadline = Instant::now() + UDEV_WAIT;
     loop {
@@ -230,7 +231,7 @@ impl LoopStick {
         // 0 from its buffer cache, and partx then finds no partition: flush and retry.
         let dev = stick.loopdev.to_str().unwrap();
         let sys = PathBuf::from("/sys/class/block").join(stick.kernel_name());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + UDEV_WAIT;
         while !sys.exists() {
             assert!(
                 Instant::now() < deadline,
@@ -301,38 +302,4 @@ pub fn mounts_at(path: &Path) -> Vec<(String, String, String, String)> {
             })
         })
         .collect()
-}
-
-/// Files put into udev's runtime rules directory for one test, removed (and udevd told)
-/// when dropped, also when the test panics: the machine must not keep test rules.
-pub struct TempRules(Vec<PathBuf>);
-
-impl TempRules {
-    pub fn install(files: &[(&str, &str)]) -> TempRules {
-        let dir = Path::new("/run/udev/rules.d");
-        fs::create_dir_all(dir).unwrap();
-        let mut guard = TempRules(Vec::new());
-        for (name, text) in files {
-            let path = dir.join(name);
-            assert!(
-                !path.exists(),
-                "{} exists: not ours to replace",
-                path.display()
-            );
-            fs::write(&path, text).unwrap();
-            guard.0.push(path);
-        }
-        guard
-    }
-}
-
-impl Drop for TempRules {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = fs::remove_file(path);
-        }
-        let _ = Command::new("udevadm")
-            .args(["control", "--reload"])
-            .status();
-    }
 }
