@@ -154,8 +154,11 @@ pub enum BundleCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("USB_UPDATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colour only for a person at a terminal: under systemd stderr goes to the journal,
+    // which would keep the escape codes as text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -10,7 +10,7 @@ use common::apps::{app, AppScene, T};
 
 const PHASES_ON: &[(&str, &str)] = &[("USB_UPDATE_LOG", "warn,usb_update::phase=info")];
 
-/// `text` without its ANSI colour sequences (the log colours field names unless NO_COLOR).
+/// `text` without ANSI colour sequences (the log has them only when stderr is a terminal).
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();

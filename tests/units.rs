@@ -126,3 +126,62 @@ fn finalize_unit_runs_only_when_work_is_pending() {
         dir.path().join("pending")
     );
 }
+
+/// The `KEY=` value of the unit's `[Service]` line, if any.
+fn value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn agent_units_hold_the_console_and_log_their_steps_to_the_journal() {
+    for name in ["usb-update@.service", "usb-update-finalize.service"] {
+        let u = unit(name);
+        // A unit with console output is what makes systemd hold back its status display
+        // (the redraws that erase the line below) while the agent runs; the system test
+        // checks the effect on a booted device's console.
+        assert_eq!(
+            value(&u, "StandardOutput"),
+            Some("journal+console"),
+            "{name}"
+        );
+        // The log is for the journal, not the operator's console.
+        assert_eq!(value(&u, "StandardError"), Some("journal"), "{name}");
+        let filter = value(&u, "Environment")
+            .and_then(|e| e.strip_prefix("USB_UPDATE_LOG="))
+            .unwrap_or_else(|| panic!("{name}: no USB_UPDATE_LOG"));
+        // The filter the unit sets lets a step through, without colour codes (stderr is
+        // the journal's pipe there, as here).
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, policy) = (dir.path().join("sota.toml"), dir.path().join("policy.toml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[storage]\npath = \"{}\"\n",
+                dir.path().join("sota").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &policy,
+            format!(
+                "[agent]\naklite_unit = \"\"\nrun_dir = \"{}\"\n\n[feedback]\nconsoles = []\n",
+                dir.path().join("run").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
+            .env("USB_UPDATE_LOG", filter)
+            .args(["agent", "finalize", "-c"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(stderr.contains("nothing pending"), "{name}: {stderr}");
+        assert!(!stderr.contains('\u{1b}'), "{name}: {stderr:?}");
+        assert!(out.stdout.is_empty(), "{name}: stdout goes to the console");
+    }
+}

@@ -1,24 +1,32 @@
-"""The system test's scenarios: python3 tests/system/scenarios.py WORK [NAME...]
+"""The system test's scenarios: python3 tests/system/scenarios.py WORK [--jobs N] [NAME...]
 
 WORK holds what tests/system/build-image made (disk.raw, bundle, bundle-big). Each scenario
 starts from its own copy of disk.raw (the same device every time) and ends with checks of
-the console, the disk's boot entries and the report on the stick.
+the agent's lines, the disk's boot entries, the report on the stick and what the boot
+console shows. A failed scenario prints why, the last 40 boot console lines and the
+agent's journal.
+
+SYSTEM_TEST_BREAK=NAME (development only, never set by CI): scenario NAME gets a stick
+whose targets.json was changed after signing, to see a failure report.
 """
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vm import Fail, Guest, boot_entries, make_stick, read_report  # noqa: E402
+from screen import selftest  # noqa: E402
+from vm import Fail, Guest, boot_entries, make_stick, read_report, say, sh  # noqa: E402
 
 BOOT = 480      # a cold boot to the probe's last line under TCG: 90 s idle, 175 s on a busy host
 INSTALL = 600   # stick plugged -> the agent's reboot
 FINALIZE = 600  # boot -> finalize done (dockerd, docker-compose v1 and the settle time)
 
-AGENT = r"usb-update: "
+AGENT = r"^usb-update: "
 
 
 def check(cond, why):
@@ -37,16 +45,40 @@ def boot(work, name, disk, which, sticks=()):
     entries = boot_entries(disk)
     check(len(entries) > which, f"{disk}: no entry #{which} in {[e['file'] for e in entries]}")
     entry = entries[which]
-    print(f"  [{name} bootloader] {'default' if which == 0 else 'previous'} entry {entry['file']}: "
-          f"{entry.get('title')} ({entry['options'].split('ostree=')[-1].split()[0]})", flush=True)
+    say(f"  [{name} bootloader] {'default' if which == 0 else 'previous'} entry {entry['file']}: "
+        f"{entry.get('title')} ({entry['options'].split('ostree=')[-1].split()[0]})")
     return Guest(name, work, disk, entry, sticks)
 
 
 def booted(g, version):
-    g.wait(r"system-test: running version", BOOT, "the probe after boot")
-    line = g.lines[g.pos - 1]
+    line = g.wait_journal(r"system-test: running version", BOOT, "the probe after boot")
     check(line.strip().endswith(f"version {version}"), f"expected version {version}: {line!r}")
-    g.wait(r"system-test: probe done", 60)
+    g.wait_journal(r"system-test: probe done", 60)
+
+
+def stick_for(work, name, bundle, size_mb):
+    stick = os.path.join(work, f"{name}-stick.img")
+    make_stick(stick, os.path.join(work, bundle), size_mb)
+    if os.environ.get("SYSTEM_TEST_BREAK") == name:
+        # Broken on purpose: one field of the signed targets.json changed.
+        env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+        meta = json.loads(sh("mtype", "-i", stick, "::/update/tuf/targets.json", env=env))
+        meta["signed"]["version"] += 1
+        tampered = os.path.join(work, f"{name}-targets.json")
+        with open(tampered, "w") as f:
+            json.dump(meta, f)
+        sh("mcopy", "-o", "-i", stick, tampered, "::/update/tuf/targets.json", env=env)
+        say(f"  [{name}] SYSTEM_TEST_BREAK: the stick's targets.json no longer matches its "
+            f"signatures")
+    return stick
+
+
+def left_in_seen(g):
+    """At boot the agent also sees the stick left in (a second agent beside finalize: its
+    lines come before, among or after finalize's): nothing more to do with it."""
+    g.wait(AGENT + r"this stick was left in across the reboot it asked for: nothing more",
+           FINALIZE, "the sighting of the stick left in", anywhere=True)
+    g.wait(AGENT + r"the stick can be removed", 60, anywhere=True)
 
 
 def install_and_reboot(g, stick):
@@ -64,8 +96,7 @@ def install_and_reboot(g, stick):
 def happy(work):
     """Plug a stick, walk away: install, reboot, finalize, the app runs, the report says so."""
     disk = fresh_disk(work, "happy")
-    stick = os.path.join(work, "happy-stick.img")
-    make_stick(stick, os.path.join(work, "bundle"), 512)
+    stick = stick_for(work, "happy", "bundle", 512)
     g = boot(work, "happy-1", disk, 0)
     booted(g, 1)
     install_and_reboot(g, stick)
@@ -75,13 +106,14 @@ def happy(work):
     g = boot(work, "happy-2", disk, 0, sticks=[stick])
     g.wait(AGENT + r"finishing the update started before the reboot", FINALIZE)
     g.wait(AGENT + r"updated to ", FINALIZE, "finalize's success")
+    left_in_seen(g)
     booted(g, 2)
-    apps = [l for l in g.lines if "system-test: app " in l]
+    apps = [line for line in g.journal.lines if "system-test: app " in line]
     check(any("app-01" in l and " Up " in l for l in apps), f"app-01 is not running: {apps}")
     g.quit()
     report, log = read_report(stick)
-    print(f"  [stick] report: exit {report['exit_code']}, {report['before']} -> "
-          f"{report['after']}: {report['result']}", flush=True)
+    say(f"  [happy stick] report: exit {report['exit_code']}, {report['before']} -> "
+        f"{report['after']}: {report['result']}")
     check(report["exit_code"] == 100, f"report: {report}")
     check((report["after"] or "").startswith("intel-corei7-64-lmp-2"), f"report: {report}")
     check("installed: " in log, f"report log: {log}")
@@ -91,8 +123,7 @@ def rollback(work):
     """The bootloader falls back to the previous entry after the agent's reboot: finalize
     rolls back, and the same stick plugged again is refused, not installed again."""
     disk = fresh_disk(work, "rollback")
-    stick = os.path.join(work, "rollback-stick.img")
-    make_stick(stick, os.path.join(work, "bundle"), 512)
+    stick = stick_for(work, "rollback", "bundle", 512)
     g = boot(work, "rollback-1", disk, 0)
     booted(g, 1)
     install_and_reboot(g, stick)
@@ -101,20 +132,20 @@ def rollback(work):
     g.wait(AGENT + r"finishing the update started before the reboot", FINALIZE)
     g.wait(AGENT + r"the device booted \w+ instead of intel-corei7-64-lmp-2: bootloader rollback",
            FINALIZE, "finalize's rollback")
+    left_in_seen(g)
     booted(g, 1)
     # The operator takes the stick out and puts it in again.
     g.unplug(g.left_in())
     plugged = g.plug(stick)
     g.wait(AGENT + r"stick .* inserted: do not remove it", 120, "the agent seeing the stick again")
-    g.wait(AGENT + r"error: ", INSTALL, "the refusal")
-    line = g.lines[g.pos - 1]
+    line = g.wait(AGENT + r"error: ", INSTALL, "the refusal", failing=True)
     check("failed" in line, f"the refusal should say the target failed before: {line!r}")
-    g.wait(AGENT + r"the stick can be removed", 60)
+    g.wait(AGENT + r"the stick can be removed", 60, failing=True)
     g.unplug(plugged)
     g.quit()
     report, log = read_report(stick)
-    print(f"  [stick] report: exit {report['exit_code']}: {report['result']}; {report['error']}",
-          flush=True)
+    say(f"  [rollback stick] report: exit {report['exit_code']}: {report['result']}; "
+        f"{report['error']}")
     check(report["exit_code"] == 103, f"report: {report}")
     entries = boot_entries(disk)
     check(len(entries) == 1, f"one deployment after the rollback: {[e['file'] for e in entries]}")
@@ -124,17 +155,15 @@ def pull(work):
     """The stick pulled in the middle of the copy: the error shows, nothing changes, and a
     second plug of a good stick installs."""
     disk = fresh_disk(work, "pull")
-    stick = os.path.join(work, "pull-stick.img")
-    make_stick(stick, os.path.join(work, "bundle-big"), 768)
+    stick = stick_for(work, "pull", "bundle-big", 768)
     g = boot(work, "pull-1", disk, 0)
     booted(g, 1)
     plugged = g.plug(stick)
     g.wait(AGENT + r"stick .* inserted: do not remove it", 120, "the agent seeing the stick")
-    g.wait(AGENT + r".*: ([1-9]|[1-8][0-9])%", INSTALL, "the copy under way")
+    g.wait(AGENT + r".*: ([1-9]|[1-8][0-9])%$", INSTALL, "the copy under way")
     g.unplug(plugged)
-    g.wait(AGENT + r"error: ", 300, "the error after the pull")
-    line = g.lines[g.pos - 1]
-    g.wait(AGENT + r"the stick can be removed", 60)
+    line = g.wait(AGENT + r"error: ", 300, "the error after the pull", failing=True)
+    g.wait(AGENT + r"the stick can be removed", 60, failing=True)
     check("Input/output error" in line, f"the error should name the failed read: {line!r}")
     # The same stick again: it is a good stick, the pull did not harm it.
     install_and_reboot(g, stick)
@@ -157,8 +186,16 @@ def run_one(work, name, results):
         SCENARIOS[name](work)
         results[name] = ("ok", time.monotonic() - t)
     except Exception as e:  # noqa: BLE001 -- a scenario's failure must not hide the others'
-        print(f"FAILED {name}: {e}", flush=True)
         results[name] = ("FAILED", time.monotonic() - t)
+        why = str(e) if isinstance(e, Fail) else traceback.format_exc().rstrip()
+        mine = [g for g in Guest.started_ones if g.name.startswith(name + "-")]
+        text = [f"FAILED {name} after {time.monotonic() - t:.0f} s: {why}"]
+        if mine:
+            text.append(mine[-1].report())
+            text.append(f"--- earlier boots of {name}: "
+                        f"{', '.join(g.name for g in mine[:-1]) or 'none'} "
+                        f"(their logs: {work}/{name}-*.console, .agent, .journal) ---")
+        say("\n".join(text))
     finally:
         for g in Guest.started_ones:
             if g.name.startswith(name + "-"):
@@ -173,8 +210,12 @@ def main():
     if args[:1] == ["--jobs"]:
         jobs, args = int(args[1]), args[2:]
     work, names = args[0], args[1:] or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {unknown}: {' '.join(SCENARIOS)}")
+    selftest()
     for name in names:
-        print(f"== scenario {name}: {' '.join(SCENARIOS[name].__doc__.split())}", flush=True)
+        say(f"== scenario {name}: {' '.join(SCENARIOS[name].__doc__.split())}")
     t0 = time.monotonic()
     results = {}
     pending = list(names)
@@ -188,8 +229,8 @@ def main():
         time.sleep(0.5)
     for name in names:
         result, secs = results[name]
-        print(f"== {name}: {result} in {secs:.0f} s")
-    print(f"== scenarios took {time.monotonic() - t0:.0f} s (--jobs {jobs})")
+        say(f"== {name}: {result} in {secs:.0f} s")
+    say(f"== scenarios took {time.monotonic() - t0:.0f} s (--jobs {jobs})")
     sys.exit(0 if all(results[n][0] == "ok" for n in names) else 1)
 
 

@@ -1,8 +1,10 @@
 """The system test's host side: QEMU as the device's hardware, the host as its bootloader
 and as the operator's hand that plugs the stick.
 
-Every wait is a wait for a console line (or for QEMU to exit) with a timeout; on a timeout
-the last 60 console lines are printed and the scenario fails.
+Every wait is for a line on a serial port that only one writer in the guest uses (the
+agent's console lines, or the guest's journal), never for a line on the boot console, where
+systemd's status display redraws over other lines; or for QEMU to exit. Each has a timeout
+and fails at once when QEMU exits or the agent reports an unexpected error.
 """
 
 import json
@@ -12,6 +14,8 @@ import socket
 import subprocess
 import threading
 import time
+
+from screen import erased_lines
 
 
 class Fail(Exception):
@@ -93,23 +97,84 @@ def read_report(stick):
 
 # --- the machine -----------------------------------------------------------------------
 
+AGENT_PREFIX = "usb-update: "
+AGENT_ERROR = re.compile(r"^usb-update: error: ")
+# In the guest's journal: this boot went wrong, no line a scenario waits for will come.
+DOOMED = re.compile(r"Reached target (emergency|rescue)\.target|Kernel panic")
+ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[@-~]|.)")
+OUT = threading.Lock()
+
+
+def say(text):
+    """Scenarios run side by side: one message at a time, each whole."""
+    with OUT:
+        print(text, flush=True)
+
+
+def clean(raw):
+    return ESCAPES.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
+
+
+class Channel:
+    """A serial port of the guest that QEMU writes into a file (`-serial file:`), with one
+    writer in the guest: nothing else draws on it and a file loses nothing. Read from the
+    position of the last line a wait took."""
+
+    def __init__(self, path):
+        self.path = path
+        if os.path.exists(path):
+            os.unlink(path)
+        self.lines = []
+        self.pos = 0
+        self._read = 0
+        self._partial = b""
+
+    def poll(self, final=False):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._read)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self._read += len(data)
+        *whole, self._partial = (self._partial + data).split(b"\n")
+        if final and self._partial:
+            whole.append(self._partial)
+            self._partial = b""
+        self.lines += [clean(line) for line in whole]
+
+
 class Guest:
+    """One boot of the device. Three serial ports: ttyS0 is the boot console (kernel,
+    systemd's status display, the agent's lines among them: a log for people, never
+    waited on), ttyS1 carries only the agent's console lines (the test device's policy
+    lists it as a second console), ttyS2 the guest's journal (journald forwards it there:
+    the probe's lines, and the agent's log for a failure report)."""
+
     started_ones = []
 
     def __init__(self, name, workdir, disk, entry, sticks=(), mem=1536):
         Guest.started_ones.append(self)
         self.name = name
         self.dir = workdir
+        self.raw = bytearray()
         self.lines = []
         self.cond = threading.Condition()
         self.qmp_sock = os.path.join(workdir, f"{name}.qmp")
         if os.path.exists(self.qmp_sock):
             os.unlink(self.qmp_sock)
+        self.console_path = os.path.join(workdir, f"{name}.console")
+        self.agent = Channel(os.path.join(workdir, f"{name}.agent"))
+        self.journal = Channel(os.path.join(workdir, f"{name}.journal"))
+        self.qemu_log = os.path.join(workdir, f"{name}.qemu.log")
+        self._doom_pos = 0
         boot = extract_boot_files(disk, entry, os.path.join(workdir, f"{name}-boot"))
         argv = [
-            "qemu-system-x86_64", "-machine", "q35", "-accel", os.environ.get("SYSTEM_TEST_ACCEL", "tcg"), "-cpu", "max",
+            "qemu-system-x86_64", "-machine", "q35",
+            "-accel", os.environ.get("SYSTEM_TEST_ACCEL", "tcg"), "-cpu", "max",
             "-m", str(mem), "-smp", "1", "-display", "none", "-no-reboot", "-nic", "none",
-            "-serial", "stdio", "-monitor", "none",
+            "-serial", "stdio", "-serial", f"file:{self.agent.path}",
+            "-serial", f"file:{self.journal.path}", "-monitor", "none",
             "-qmp", f"unix:{self.qmp_sock},server=on,wait=off",
             "-kernel", boot["linux"], "-initrd", boot["initrd"], "-append", entry["options"],
             "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
@@ -119,56 +184,109 @@ class Guest:
         for i, stick in enumerate(sticks):
             argv += ["-drive", f"if=none,id=left{i},format=raw,file={stick}",
                      "-device", f"usb-storage,bus=xhci.0,drive=left{i},removable=on,id=leftdev{i}"]
-        self.log = open(os.path.join(workdir, f"{name}.console"), "a", buffering=1)
+        self.log = open(self.console_path, "w", buffering=1)
         self.log.write(f"### boot {entry.get('title')} ({entry['file']})\n")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        with open(self.qemu_log, "w") as err:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=err)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.qmp = None
-        self.pos = 0
         self.sticks = 0
 
     def _read(self):
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line)
-            self.log.write(f"{time.monotonic() - self.started:7.1f} {line}\n")
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
+        # The raw bytes too: `cat NAME.console.raw` in a terminal shows what an operator saw.
+        with open(self.console_path + ".raw", "wb") as raw_log:
+            for raw in self.proc.stdout:
+                line = clean(raw)
+                self.log.write(f"{time.monotonic() - self.started:7.1f} {line}\n")
+                raw_log.write(raw)
+                with self.cond:
+                    self.raw += raw
+                    self.lines.append(line)
 
-    def tail(self, n=60):
+    def tail(self, n=40):
         with self.cond:
             return "\n".join(self.lines[-n:])
 
     def fail(self, why):
-        return Fail(f"{self.name}: {why}\n--- last 60 console lines ---\n{self.tail()}")
+        return Fail(f"{self.name}: {why}")
 
-    def wait(self, pattern, timeout, what=None):
-        """The first console line after the last match that matches `pattern`."""
+    def _poll(self):
+        exited = self.proc.poll() is not None
+        self.agent.poll(final=exited)
+        self.journal.poll(final=exited)
+        for line in self.journal.lines[self._doom_pos:]:
+            if DOOMED.search(line):
+                raise self.fail(f"the boot went wrong: {line}")
+        self._doom_pos = len(self.journal.lines)
+        return exited
+
+    def wait(self, pattern, timeout, what=None, failing=False, channel=None, anywhere=False):
+        """The first line of `channel` (default: the agent's lines) after the last one a
+        wait took (`anywhere`: since the boot, for lines of a second agent process that
+        can come before or after the ones awaited so far) that matches `pattern`. Fails at
+        once when QEMU exits, the boot went wrong, or the agent reports an error that the
+        scenario does not expect now (`failing`)."""
+        ch = channel or self.agent
         rx = re.compile(pattern)
+        what = what or pattern
         deadline = time.monotonic() + timeout
+        i = 0 if anywhere else ch.pos
+        while True:
+            exited = self._poll()
+            while i < len(ch.lines):
+                line = ch.lines[i]
+                i += 1
+                if rx.search(line):
+                    ch.pos = max(ch.pos, i)
+                    say(f"  [{self.name} {time.monotonic() - self.started:6.1f}s] {line.strip()}")
+                    return line
+                if i > ch.pos and ch is self.agent and not failing and AGENT_ERROR.search(line):
+                    raise self.fail(f"the agent reported an error while {what!r} was awaited: "
+                                    f"{line}")
+            if not anywhere:
+                ch.pos = i
+            if exited:
+                raise self.fail(f"QEMU exited ({self.proc.returncode}) while waiting for "
+                                f"{what!r}")
+            if time.monotonic() > deadline:
+                raise self.fail(f"timed out after {timeout} s waiting for {what!r}")
+            time.sleep(0.2)
+
+    def wait_journal(self, pattern, timeout, what=None):
+        return self.wait(pattern, timeout, what, channel=self.journal)
+
+    def report(self, n=40, journal_max=200):
+        """For a failure: the last `n` boot console lines and the agent's journal (its own
+        log and systemd's lines about its units), as the guest's journald forwarded them."""
+        self._poll()
+        out = [f"--- {self.name}: the last {n} lines of the boot console "
+               f"({self.console_path}) ---", self.tail(n)]
+        agent = [line for line in self.journal.lines if "usb-update" in line]
+        out.append(f"--- {self.name}: the agent's journal ({len(agent)} of the "
+                   f"{len(self.journal.lines)} lines of {self.journal.path}) ---")
+        if len(agent) > journal_max:
+            out.append(f"({len(agent) - journal_max} earlier lines left out)")
+        out += agent[-journal_max:]
+        with open(self.qemu_log, errors="replace") as f:
+            qemu = f.read().strip()
+        if qemu:
+            out += [f"--- {self.name}: QEMU's stderr ---", qemu]
+        return "\n".join(out)
+
+    def check_console(self):
+        """What an operator's terminal shows of the boot console after this boot: no line
+        of the agent's erased or overwritten after it was written (systemd's status display
+        redraws in place at boot and at shutdown)."""
+        self.reader.join(10)
         with self.cond:
-            while True:
-                while self.pos < len(self.lines):
-                    line = self.lines[self.pos]
-                    self.pos += 1
-                    m = rx.search(line)
-                    if m:
-                        print(f"  [{self.name} {time.monotonic() - self.started:6.1f}s] {line.strip()}",
-                              flush=True)
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self.fail(f"timed out after {timeout} s waiting for {what or pattern!r}")
-                if self.proc.poll() is not None and self.pos >= len(self.lines):
-                    raise self.fail(f"QEMU exited ({self.proc.returncode}) while waiting for "
-                                    f"{what or pattern!r}")
-                self.cond.wait(min(left, 1.0))
+            raw = bytes(self.raw)
+        erased = erased_lines(raw, AGENT_PREFIX)
+        if erased:
+            raise self.fail(f"the boot console erased {len(erased)} line(s) of the agent after "
+                            f"they were written ({self.console_path}): {erased}")
 
     def wait_exit(self, timeout):
         """The guest rebooted or powered off (-no-reboot ends QEMU either way)."""
@@ -176,9 +294,10 @@ class Guest:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise self.fail(f"did not reboot within {timeout} s")
-        self.reader.join(5)
-        print(f"  [{self.name} {time.monotonic() - self.started:6.1f}s] QEMU exited: the guest rebooted",
-              flush=True)
+        self._poll()
+        self.check_console()
+        say(f"  [{self.name} {time.monotonic() - self.started:6.1f}s] QEMU exited: the guest "
+            f"rebooted")
 
     # QMP: one command at a time; events in between are skipped.
     def _qmp_connect(self):
@@ -251,6 +370,7 @@ class Guest:
             self.proc.wait()
 
     def quit(self):
+        """The end of a scenario's last boot: QEMU stops, then the console is checked."""
         if self.proc.poll() is None:
             try:
                 self.command("quit")
@@ -261,4 +381,5 @@ class Guest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.reader.join(5)
+        self._poll()
+        self.check_console()
