@@ -276,6 +276,15 @@ impl Mount {
     }
 }
 
+/// Detach the mount at `path` lazily and remove the directory: for a stick that stopped
+/// answering, with reads still blocked on it (the kernel lets go when they end).
+pub fn detach(path: &Path) {
+    if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
+        tracing::warn!("detaching {}: {e}", path.display());
+    }
+    let _ = fs::remove_dir(path);
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         if self.mounted {
@@ -750,6 +759,27 @@ mod tests {
         assert_eq!(
             stick("", None, false).accept(&rig),
             Err("/dev/sdb1: no filesystem".into())
+        );
+    }
+
+    #[test]
+    fn a_root_listing_stops_at_its_cap_and_ignores_what_is_not_a_directory() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("b/tuf")).unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&t.path().join("fifo"), mode).unwrap();
+        std::os::unix::fs::symlink("b", t.path().join("link")).unwrap();
+        for i in 0..ROOT_LIST_CAP - 3 {
+            fs::write(t.path().join(format!("f{i}")), b"").unwrap();
+        }
+        assert_eq!(find_bundle(t.path(), None).unwrap(), t.path().join("b"));
+        fs::write(t.path().join("one-more"), b"").unwrap();
+        let e = find_bundle(t.path(), None).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(
+            e.one_line().ends_with("more than 10000 entries at the root of the stick: refused (a bundle stick holds a few)"),
+            "{}",
+            e.one_line()
         );
     }
 

@@ -405,7 +405,7 @@ impl Import<'_> {
         let input: gio::InputStream = if h.regular {
             info.set_file_type(gio::FileType::Regular);
             let inflate = Inflate {
-                dec: flate2::read::DeflateDecoder::new(BufReader::with_capacity(64 << 10, file)),
+                dec: flate2::bufread::DeflateDecoder::new(BufReader::with_capacity(64 << 10, file)),
                 left: declared,
                 got: 0,
                 failure: failure.clone(),
@@ -517,13 +517,13 @@ impl Header {
 /// A content object's data, inflated, never past its declared size (libostree reads exactly
 /// that many bytes); what went wrong is kept in `failure`.
 struct Inflate<R> {
-    dec: flate2::read::DeflateDecoder<R>,
+    dec: flate2::bufread::DeflateDecoder<R>,
     left: u64,
     got: u64,
     failure: Arc<Mutex<Option<ReadFailure>>>,
 }
 
-impl<R: Read> Read for Inflate<R> {
+impl<R: std::io::BufRead> Read for Inflate<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.left == 0 {
             return Ok(0);

@@ -8,6 +8,7 @@ pub mod apps;
 pub mod crashes;
 pub mod dockerd;
 pub mod faults;
+pub mod hostile;
 pub mod scene;
 pub mod stick;
 pub mod udev;
