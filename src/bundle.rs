@@ -67,23 +67,12 @@ impl Bundle {
             path: src_dir.to_path_buf(),
             tree,
         };
-        match b.tree.kind("tuf").map_err(|r| b.refusal(r))? {
-            Some((Kind::Dir, _)) => Ok(b),
+        match b.tree.expect("tuf", Kind::Dir).map_err(|r| b.refusal(r))? {
+            Some(_) => Ok(b),
             None => Err(Error::not_found(format!(
                 "bundle {}: no tuf/ directory (is this an offline update bundle?)",
                 src_dir.display()
             ))),
-            Some((Kind::Symlink, _)) => Err(b.refusal(Refused {
-                rel: "tuf".into(),
-                problem: Problem::Symlink,
-            })),
-            Some((found, _)) => Err(b.refusal(Refused {
-                rel: "tuf".into(),
-                problem: Problem::Kind {
-                    found,
-                    want: Kind::Dir,
-                },
-            })),
         }
     }
 
@@ -144,21 +133,8 @@ impl Bundle {
             return Ok(false);
         }
         let rel = format!("ostree_repo/objects/{}/{}.commit", &sha[..2], &sha[2..]);
-        match self.tree.kind(&rel).map_err(|r| self.refusal(r))? {
-            None => Ok(false),
-            Some((Kind::File, _)) => Ok(true),
-            Some((Kind::Symlink, _)) => Err(self.refusal(Refused {
-                rel,
-                problem: Problem::Symlink,
-            })),
-            Some((found, _)) => Err(self.refusal(Refused {
-                rel,
-                problem: Problem::Kind {
-                    found,
-                    want: Kind::File,
-                },
-            })),
-        }
+        let found = self.tree.expect(&rel, Kind::File);
+        Ok(found.map_err(|r| self.refusal(r))?.is_some())
     }
 
     /// Every app version in `apps/apps/*/*/uri`, by URI. Entries that are hidden, badly

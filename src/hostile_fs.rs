@@ -223,23 +223,41 @@ impl Tree {
             .map(|(_, st)| (Kind::of(&st), st.st_size.max(0) as u64)))
     }
 
+    /// The size of `rel` if it is a `want` (a regular file, a directory), without opening
+    /// it; `None` if it does not exist; anything else there is refused, naming what it is.
+    pub fn expect(&self, rel: &str, want: Kind) -> Res<Option<u64>> {
+        let Some((_, st)) = self.inspect(rel)? else {
+            return Ok(None);
+        };
+        expect_kind(rel, &st, want)?;
+        Ok(Some(st.st_size.max(0) as u64))
+    }
+
     /// Open regular file `rel` for reading, with its length; `None` if it does not exist.
     pub fn open_file(&self, rel: &str) -> Res<Option<(File, u64)>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        Ok(self
+            .open_checked(rel, Kind::File, flags)?
+            .map(|(fd, len)| (File::from(fd), len)))
+    }
+
+    /// `rel`, checked to be a `want` while opened `O_PATH`, then opened with `flags` and
+    /// checked to be the same inode: a swap in between is refused.
+    fn open_checked(&self, rel: &str, want: Kind, flags: OFlag) -> Res<Option<(OwnedFd, u64)>> {
         let Some((_, before)) = self.inspect(rel)? else {
             return Ok(None);
         };
-        want(rel, &before, Kind::File)?;
-        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        expect_kind(rel, &before, want)?;
         let fd = self
             .resolve(rel, flags)?
             .ok_or_else(|| Refused::new(rel, Problem::Changed))?;
         let after = stat_fd(rel, &fd)?;
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
-            || Kind::of(&after) != Kind::File
+            || Kind::of(&after) != want
         {
             return Err(Refused::new(rel, Problem::Changed));
         }
-        Ok(Some((File::from(fd), after.st_size.max(0) as u64)))
+        Ok(Some((fd, after.st_size.max(0) as u64)))
     }
 
     /// The whole of regular file `rel`, at most `cap` bytes (a larger file is refused, also
@@ -265,22 +283,13 @@ impl Tree {
 
     /// Directory `rel` as a tree of its own; `None` if it does not exist.
     pub fn open_dir(&self, rel: &str) -> Res<Option<Tree>> {
-        let Some((_, st)) = self.inspect(rel)? else {
-            return Ok(None);
-        };
-        want(rel, &st, Kind::Dir)?;
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK;
-        let fd = self
-            .resolve(rel, flags)?
-            .ok_or_else(|| Refused::new(rel, Problem::Changed))?;
-        let after = stat_fd(rel, &fd)?;
-        if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino) {
-            return Err(Refused::new(rel, Problem::Changed));
-        }
-        Ok(Some(Tree {
-            path: self.path.join(rel),
-            root: fd,
-        }))
+        Ok(self
+            .open_checked(rel, Kind::Dir, flags)?
+            .map(|(fd, _)| Tree {
+                path: self.path.join(rel),
+                root: fd,
+            }))
     }
 
     /// Every entry of directory `rel` (without `.` and `..`), streamed to `each` with its
@@ -414,7 +423,7 @@ fn is_symlink_at(dir: &OwnedFd, name: &str) -> bool {
     .is_ok_and(|st| Kind::of(&st) == Kind::Symlink)
 }
 
-fn want(rel: &str, st: &FileStat, want: Kind) -> Res<()> {
+fn expect_kind(rel: &str, st: &FileStat, want: Kind) -> Res<()> {
     match Kind::of(st) {
         k if k == want => Ok(()),
         Kind::Symlink => Err(Refused::new(rel, Problem::Symlink)),

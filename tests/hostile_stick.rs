@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 
 use common::faults::{SmallDisk, Snapshot};
-use common::hostile::{self, Hostile, Via::*};
+use common::hostile::{self, Hostile, Via::*, ALL, INSTALLING};
 
 /// Case 1: libostree followed `ostree_repo/config -> /etc/shadow` and quoted its first line
 /// in its parse error, on the console and in the report.
@@ -21,9 +21,7 @@ fn a_repo_config_linked_to_a_host_file_is_refused_unread() {
     let secret = h.secret.clone();
     let stick = h.stick(|_, b| hostile::link(&b.join("ostree_repo/config"), &secret));
     let why = "ostree_repo/config is a symlink: refused";
-    h.refused(Check, &stick, 15, why);
-    h.refused(Install, &stick, 15, why);
-    h.refused(Agent, &stick, 15, why);
+    h.refused_by(ALL, &stick, 15, why);
 }
 
 /// Case 1: a `.filez` object linked to a host file leaked its bytes the same way.
@@ -33,9 +31,7 @@ fn a_content_object_linked_to_a_host_file_is_refused_unread() {
     let (secret, obj) = (h.secret.clone(), h.payload_object());
     let stick = h.stick(|_, b| hostile::link(&b.join(&obj), &secret));
     let why = format!("{} is a symlink: refused", obj.display());
-    h.refused(Check, &stick, 15, &why);
-    h.refused(Install, &stick, 15, &why);
-    h.refused(Agent, &stick, 15, &why);
+    h.refused_by(ALL, &stick, 15, &why);
 }
 
 /// Case 1: from a writable source, libostree created its scratch files through
@@ -84,8 +80,7 @@ fn a_fifo_anywhere_in_the_bundle_is_refused_at_once() {
     ] {
         let stick = h.stick(|_, b| hostile::fifo(&b.join(rel)));
         let why = format!("{} is a FIFO, not a regular file: refused", rel.display());
-        h.refused(Install, &stick, 15, &why);
-        h.refused(Agent, &stick, 15, &why);
+        h.refused_by(ALL, &stick, 15, &why);
     }
 }
 
@@ -102,9 +97,7 @@ fn device_links_device_nodes_and_sparse_giants_are_refused_unread() {
 
     let stick = h.stick(|_, b| hostile::link(&b.join(&commit), Path::new("/dev/zero")));
     let why = format!("{} is a symlink: refused", commit.display());
-    h.refused(Check, &stick, 15, &why);
-    h.refused(Install, &stick, 15, &why);
-    h.refused(Agent, &stick, 15, &why);
+    h.refused_by(ALL, &stick, 15, &why);
     drop(stick);
 
     let stick = h.stick(|_, b| hostile::zero_device(&b.join(&dirtree)));
@@ -112,8 +105,7 @@ fn device_links_device_nodes_and_sparse_giants_are_refused_unread() {
         "{} is a character device, not a regular file: refused",
         dirtree.display()
     );
-    h.refused(Check, &stick, 15, &why);
-    h.refused(Agent, &stick, 15, &why);
+    h.refused_by(ALL, &stick, 15, &why);
     drop(stick);
 
     let giant = 20u64 << 30;
@@ -126,9 +118,7 @@ fn device_links_device_nodes_and_sparse_giants_are_refused_unread() {
             "{} is {giant} bytes, over the {cap}-byte limit: refused",
             rel.display()
         );
-        h.refused(Check, &stick, 15, &why);
-        h.refused(Install, &stick, 15, &why);
-        h.refused(Agent, &stick, 15, &why);
+        h.refused_by(ALL, &stick, 15, &why);
     }
 }
 
@@ -137,13 +127,9 @@ fn device_links_device_nodes_and_sparse_giants_are_refused_unread() {
 #[test]
 fn a_decompression_bomb_inflates_no_further_than_it_declares() {
     let h = Hostile::new();
-    let obj = h.payload_object();
-    let orig = std::fs::read(h.bundle.path().join(&obj)).unwrap();
-    let bomb = hostile::bomb(&orig, 1 << 20, 1 << 30, None);
-    let stick = h.stick(|_, b| std::fs::write(b.join(&obj), &bomb).unwrap());
+    let (stick, obj, _, _) = h.bomb_stick(1 << 20, 1 << 30, false);
     let why = format!("{} does not match its checksum", obj.display());
-    h.refused(Install, &stick, 50, &why);
-    h.refused(Agent, &stick, 50, &why);
+    h.refused_by(INSTALLING, &stick, 50, &why);
 }
 
 /// Case 8: a bomb that declares 3 GiB honestly, on a device with less free space: refused
@@ -153,13 +139,9 @@ fn a_bomb_declaring_more_than_the_free_space_is_60_before_inflating() {
     let disk = SmallDisk::new(256);
     std::env::set_var("TMPDIR", &disk.dir);
     let h = Hostile::new();
-    let obj = h.payload_object();
-    let orig = std::fs::read(h.bundle.path().join(&obj)).unwrap();
-    let bomb = hostile::bomb(&orig, 3 << 30, 64 << 20, None);
-    let stick = h.stick(|_, b| std::fs::write(b.join(&obj), &bomb).unwrap());
+    let (stick, obj, _, _) = h.bomb_stick(3 << 30, 64 << 20, false);
     let why = format!("not enough space: {} needs 3221225472 bytes", obj.display());
-    h.refused(Install, &stick, 60, &why);
-    h.refused(Agent, &stick, 60, &why);
+    h.refused_by(INSTALLING, &stick, 60, &why);
 }
 
 /// Case 8: with the commit's own `ostree.sizes` index, a bomb is refused by its size on the
@@ -168,30 +150,20 @@ fn a_bomb_declaring_more_than_the_free_space_is_60_before_inflating() {
 #[test]
 fn with_a_size_index_a_bomb_is_refused_before_inflating() {
     let h = Hostile::with_sizes(true);
-    let obj = h.payload_object();
-    let orig = std::fs::read(h.bundle.path().join(&obj)).unwrap();
-
-    let bomb = hostile::bomb(&orig, 3 << 30, 256 << 20, None);
-    let stick = h.stick(|_, b| std::fs::write(b.join(&obj), &bomb).unwrap());
+    let (stick, obj, orig, bomb) = h.bomb_stick(3 << 30, 256 << 20, false);
     let why = format!(
-        "{} has {} bytes, the commit's size index says {}",
-        obj.display(),
-        bomb.len(),
-        orig.len()
+        "{} has {bomb} bytes, the commit's size index says {orig}",
+        obj.display()
     );
-    h.refused(Check, &stick, 50, &why);
-    h.refused(Install, &stick, 50, &why);
-    h.refused(Agent, &stick, 50, &why);
+    h.refused_by(ALL, &stick, 50, &why);
     drop(stick);
 
-    let bomb = hostile::bomb(&orig, 3 << 30, 64 << 20, Some(orig.len()));
-    let stick = h.stick(|_, b| std::fs::write(b.join(&obj), &bomb).unwrap());
+    let (stick, obj, _, _) = h.bomb_stick(3 << 30, 64 << 20, true);
     let why = format!(
         "{} declares 3221225472 bytes, the commit's size index says 1048576",
         obj.display()
     );
-    h.refused(Install, &stick, 50, &why);
-    h.refused(Agent, &stick, 50, &why);
+    h.refused_by(INSTALLING, &stick, 50, &why);
 }
 
 /// Case 9: the stick root's listing in bundle discovery was unbounded: it streams now and

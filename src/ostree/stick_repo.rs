@@ -25,7 +25,7 @@ use super::{is_commit_checksum, open_sysroot};
 use crate::bundle::Bundle;
 use crate::config::Pacman;
 use crate::error::{Code, Error, Result};
-use crate::hostile_fs::{Kind, Problem, Refused};
+use crate::hostile_fs::{Kind, Refused};
 
 /// Largest `ostree_repo/config` read (a few hundred bytes in a real one).
 pub const CONFIG_CAP: u64 = 64 << 10;
@@ -318,21 +318,10 @@ impl<'a> StickRepo<'a> {
     /// The size on the stick of content object `c`, a regular file.
     fn file_size(&self, c: &Csum) -> Result<u64> {
         let rel = object_rel(Obj::File, c);
-        match self.bundle.tree().kind(&rel).map_err(|r| self.refused(r))? {
-            None => Err(self.missing(&rel)),
-            Some((Kind::File, len)) => Ok(len),
-            Some((Kind::Symlink, _)) => Err(self.refused(Refused {
-                rel,
-                problem: Problem::Symlink,
-            })),
-            Some((found, _)) => Err(self.refused(Refused {
-                rel,
-                problem: Problem::Kind {
-                    found,
-                    want: Kind::File,
-                },
-            })),
-        }
+        let found = self.bundle.tree().expect(&rel, Kind::File);
+        found
+            .map_err(|r| self.refused(r))?
+            .ok_or_else(|| self.missing(&rel))
     }
 
     /// The checksum in child `i` (an `ay`) of `v`, part of object `of`.

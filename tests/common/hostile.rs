@@ -34,6 +34,11 @@ pub struct Hostile {
     aklite: PathBuf,
 }
 
+/// Every command that reads the bundle.
+pub const ALL: &[Via] = &[Via::Check, Via::Install, Via::Agent];
+/// The commands that install (`check` does not read content objects).
+pub const INSTALLING: &[Via] = &[Via::Install, Via::Agent];
+
 /// What a run was.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Via {
@@ -114,24 +119,7 @@ impl Hostile {
         // Shaped like /etc/shadow: the first line is what a parser error would quote.
         std::fs::write(&secret, format!("root:$6${marker}$x:19000:0:99999:7:::\n")).unwrap();
 
-        // An aktualizr-lite that runs (a flag file says so) and a systemctl that drives it.
-        let aklite = root.join("aklite-active");
-        let systemctl = root.join("systemctl");
-        std::fs::write(
-            &systemctl,
-            format!(
-                "#!/bin/sh\ncase \"$1\" in\n is-active) [ -e {f} ];;\n stop) rm -f {f};;\n \
-                 start) touch {f};;\nesac\n",
-                f = aklite.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            &systemctl,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        std::fs::write(&aklite, "").unwrap();
+        let (systemctl, aklite) = super::agent_rig::aklite_double(&root);
         std::fs::write(root.join("console"), "").unwrap();
         let led = root.join("leds/status");
         std::fs::create_dir_all(&led).unwrap();
@@ -180,6 +168,22 @@ impl Hostile {
         assert!(st.success());
         plant(content.path(), &dst);
         Stick::with(content.path(), "UPDATE")
+    }
+
+    /// A stick whose payload object is a [`bomb`] (declaring `declared` bytes, inflating
+    /// to `inflates_to`, padded to the original's size with `pad`); returns it, the object's
+    /// path, the original's and the bomb's sizes.
+    pub fn bomb_stick(
+        &self,
+        declared: u64,
+        inflates_to: u64,
+        pad: bool,
+    ) -> (Stick, PathBuf, usize, usize) {
+        let obj = self.payload_object();
+        let orig = std::fs::read(self.bundle.path().join(&obj)).unwrap();
+        let bomb = bomb(&orig, declared, inflates_to, pad.then_some(orig.len()));
+        let stick = self.stick(|_, b| std::fs::write(b.join(&obj), &bomb).unwrap());
+        (stick, obj, orig.len(), bomb.len())
     }
 
     /// The `.filez` object of the 1 MiB payload (the largest), relative to a bundle.
@@ -253,13 +257,7 @@ impl Hostile {
     }
 
     pub fn led(&self) -> (String, String, String) {
-        let read = |f: &str| {
-            std::fs::read_to_string(self.root.join("leds/status").join(f))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
-        (read("trigger"), read("delay_on"), read("delay_off"))
+        super::agent_rig::led_of(&self.root)
     }
 
     pub fn status_json(&self) -> String {
@@ -312,6 +310,14 @@ impl Hostile {
         }
         assert!(!mounted(stick), "{} left mounted", stick.devnode.display());
         o
+    }
+
+    /// [`Hostile::refused`] for each of `vias` in turn.
+    #[track_caller]
+    pub fn refused_by(&self, vias: &[Via], stick: &Stick, code: i32, reason: &str) {
+        for via in vias {
+            self.refused(*via, stick, code, reason);
+        }
     }
 
     /// The assertions of [`Hostile::refused`] on an output already taken.
