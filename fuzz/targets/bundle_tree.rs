@@ -1,7 +1,7 @@
 //! A bundle tree made hostile by the fuzzer: entries of a real bundle (TUF files, the
 //! OSTree repo's config and objects, app files) and new ones at the stick's root replaced by
 //! FIFOs, device nodes, sparse files up to 2 TiB, symlinks to a host secret, a host FIFO
-//! and a host directory, directories of thousands of entries, garbage or nothing. Then
+//! and a host directory, directories of up to 16,320 entries, garbage or nothing. Then
 //! bundle discovery, every bundle reader and the scan of the OSTree commit run on it.
 //!
 //! What must hold: nothing outside the stick is read. The host secret's bytes never come
@@ -40,7 +40,14 @@ struct Template {
 fn template() -> &'static Template {
     static T: OnceLock<Template> = OnceLock::new();
     T.get_or_init(|| {
-        let base = tempfile::tempdir().expect("tempdir").keep();
+        // In memory when there is a tmpfs: thousands of files are made and removed per run.
+        let shm = Path::new("/dev/shm");
+        let base = match shm.is_dir() {
+            true => tempfile::tempdir_in(shm),
+            false => tempfile::tempdir(),
+        }
+        .expect("tempdir")
+        .keep();
         let outside = base.join("outside");
         fs::create_dir_all(outside.join("dir/tuf")).expect("outside");
         fs::write(outside.join("secret"), format!("{MARKER}\n")).expect("secret");
@@ -175,12 +182,16 @@ fn plant(stick: &Path, rel: &str, action: u8, arg: u8, outside: &Path) {
             let _ = std::os::unix::fs::symlink(format!("{up}outside/secret"), p);
         }
         7 => {
-            // A large directory: up to 16,320 entries.
+            // A directory of `arg` entries, or of 16,320 (past every listing cap) for 255.
             if !p.is_dir() {
                 clear(p);
                 let _ = fs::create_dir_all(p);
             }
-            for i in 0..usize::from(arg) * 64 {
+            let n = match arg {
+                255 => 16_320,
+                n => usize::from(n),
+            };
+            for i in 0..n {
                 let _ = fs::write(p.join(format!("e{i}")), b"");
             }
         }
