@@ -62,6 +62,8 @@ printf 'shadow:$6$hostsecret$x:19000:0:99999:7:::\n' >"$work/secret"
 
 # A device: a fresh sysroot running v1 for every run (a successful install changes it).
 device() {
+  # Deployments carry the immutable bit.
+  chattr -R -f -i "$work/dev" 2>/dev/null || true
   rm -rf "$work/dev" && mkdir -p "$work/dev/policy"
   sysroot "$work/dev/sysroot" "$work/image/ostree_repo" "$v1"
   sota_toml "$work/dev/conf/sota.toml" "$work/dev/sysroot" "$work/dev/var" "$work/tuf" ostree
