@@ -107,6 +107,9 @@ struct Outcome {
 }
 
 fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) -> Result<Outcome> {
+    // Everything that reads the stick, up to the end of the install, runs under the
+    // watchdog; what follows (Docker, the apps' health) has timeouts of its own.
+    let watchdog = arm_watchdog(&ctx.policy, &ctx.cfg, stick, mount);
     let bundle = media::find_bundle(mount.path(), ctx.policy.media.bundle.as_deref())?;
     report.bundle = bundle
         .strip_prefix(mount.path())
@@ -159,6 +162,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
     };
     let t = Instant::now();
     let (install_report, result) = crate::install::install(&req);
+    drop(watchdog);
     crate::failpoint::hit("agent-installed");
     report
         .durations
@@ -220,6 +224,42 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         Err(_) => report.before.clone(),
     };
     outcome
+}
+
+/// The watchdog of one stick (see [`crate::watchdog`]): once nothing moved for `[agent]
+/// stall_timeout`, the update ends as a failure would, from the watchdog's thread, whatever
+/// the stuck one is blocked in: the error on every channel, aktualizr-lite started again
+/// (if we stopped it), the stick detached from the tree (lazily: a read may still hang on
+/// it; it was mounted read-only, nothing is lost), exit 50. No report is written onto a
+/// stick that stopped answering. The device keeps what it ran: nothing is recorded before
+/// the install's last step, and a transaction left in the sysroot repo is removed by the
+/// next pull.
+fn arm_watchdog(
+    policy: &Policy,
+    cfg: &Config,
+    stick: &Stick,
+    mount: &Mount,
+) -> crate::watchdog::Watchdog {
+    let policy = policy.clone();
+    let cfg = cfg.clone();
+    let devnode = stick.devnode.clone();
+    let at = mount.path().to_path_buf();
+    crate::watchdog::arm(policy.agent.stall_timeout, move |idle| {
+        let msg = format!(
+            "no progress for {} s reading {} (the stick or its filesystem stopped \
+             answering): update abandoned; the device still runs what it ran before",
+            idle.as_secs(),
+            devnode.display()
+        );
+        let mut fb = Feedback::new(&policy);
+        fb.pattern(Pattern::Error);
+        fb.step(&format!("error: {msg}"));
+        Aklite::left_stopped(&policy).start(&policy, &cfg);
+        media::detach(&at);
+        fb.step("the stick can be removed");
+        eprintln!("error: {msg}");
+        std::process::exit(i32::from(Code::Copy.as_u8()));
+    })
 }
 
 /// Apps only: restart Docker, then finish at once.

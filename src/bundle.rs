@@ -1,21 +1,17 @@
 //! The offline bundle (`tuf/`, `ostree_repo/`, `apps/`) on a medium we do not trust.
 //!
-//! Every path is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to the
-//! bundle root: no symlink (fioctl bundles never contain one), no `..` and no absolute path
-//! can lead out of the bundle, whatever the stick holds. Names taken from metadata are
-//! validated before they become paths, and metadata files are read with a size cap.
+//! Everything is opened through [`crate::hostile_fs`], relative to the bundle root: no
+//! symlink (fioctl bundles never contain one), no `..` and no absolute path can lead out of
+//! the bundle, nothing but a regular file is ever read (a FIFO or a device node is refused
+//! by its type, before any read), reads are capped and listings capped while they stream.
+//! Names taken from metadata are validated before they become paths.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
-
 use crate::error::{Code, Error, Result};
+use crate::hostile_fs::{Kind, Problem, Refused, Tree};
 use crate::tuf::MetaSource;
 
 /// Largest `targets.json` we read (a factory with thousands of targets stays far below).
@@ -24,12 +20,15 @@ pub const TARGETS_CAP: u64 = 16 << 20;
 pub const META_CAP: u64 = 1 << 20;
 /// Largest `uri` file of an app.
 const URI_CAP: u64 = 4096;
+/// Most entries [`Bundle::list_dir`] reads from one directory: `tuf/` holds a few files,
+/// `apps/apps` one directory per app, each of those one per version.
+pub const LIST_CAP: usize = 10_000;
 
 /// An opened bundle directory.
 #[derive(Debug)]
 pub struct Bundle {
     path: PathBuf,
-    root: OwnedFd,
+    tree: Tree,
 }
 
 /// An app version the bundle carries: `apps/apps/<name>/<digest>/`.
@@ -37,13 +36,6 @@ pub struct Bundle {
 pub struct AppDir {
     pub name: String,
     pub digest: String,
-}
-
-fn how(flags: OFlag) -> OpenHow {
-    OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
 }
 
 /// Is `s` usable as one path component taken from metadata or from the stick?
@@ -65,20 +57,17 @@ pub fn valid_digest(s: &str) -> bool {
 impl Bundle {
     /// Open `src_dir` as a bundle; it must be a directory that holds `tuf/`.
     pub fn open(src_dir: &Path) -> Result<Bundle> {
-        let file = File::open(src_dir).map_err(|e| {
-            Error::not_found(format!("bundle {}: cannot open: {e}", src_dir.display()))
+        let tree = Tree::open(src_dir).map_err(|r| match r.problem {
+            Problem::Kind { .. } => {
+                Error::not_found(format!("bundle {}: not a directory", src_dir.display()))
+            }
+            _ => Error::not_found(format!("bundle {}: cannot open: {r}", src_dir.display())),
         })?;
-        if !file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(Error::not_found(format!(
-                "bundle {}: not a directory",
-                src_dir.display()
-            )));
-        }
         let b = Bundle {
             path: src_dir.to_path_buf(),
-            root: file.into(),
+            tree,
         };
-        match b.open_at("tuf", OFlag::O_DIRECTORY | OFlag::O_RDONLY)? {
+        match b.tree.expect("tuf", Kind::Dir).map_err(|r| b.refusal(r))? {
             Some(_) => Ok(b),
             None => Err(Error::not_found(format!(
                 "bundle {}: no tuf/ directory (is this an offline update bundle?)",
@@ -91,142 +80,61 @@ impl Bundle {
         &self.path
     }
 
-    /// Open `rel` beneath the bundle root; `None` if it does not exist.
-    fn open_at(&self, rel: &str, flags: OFlag) -> Result<Option<OwnedFd>> {
-        let opened = match openat2(self.root.as_raw_fd(), rel, how(flags)) {
-            // SAFETY: a successful openat2 returns a new descriptor that nothing else owns.
-            Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-            // Kernels before 5.6 (and valgrind) lack openat2: walk the path ourselves.
-            Err(Errno::ENOSYS) => self.open_walk(rel, flags),
-            Err(e) => Err(e),
-        };
-        match opened {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(Errno::ELOOP) => Err(self.hostile(rel, "is or passes through a symlink")),
-            Err(Errno::EXDEV) => Err(self.hostile(rel, "leads outside the bundle")),
-            Err(Errno::ENOTDIR) => Err(self.hostile(rel, "has a file where a directory belongs")),
-            // A pulled stick's ext4 answers lookups with ENOMEM as well as EIO: the errno
-            // alone would send the operator looking for a memory problem.
-            Err(e @ (Errno::EIO | Errno::ENOMEM | Errno::ENODEV | Errno::ENXIO)) => {
-                Err(Error::new(
-                    Code::Copy,
-                    format!(
-                        "bundle {}: {rel}: the medium cannot be read ({e}): was the stick removed?",
-                        self.path.display()
-                    ),
-                ))
+    /// The bundle's directory, for readers with rules of their own (the OSTree objects).
+    pub(crate) fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The error for a refused entry: a medium that fails is 50 (copying failed), anything
+    /// the stick holds that it should not is 15 (invalid bundle).
+    pub(crate) fn refusal(&self, r: Refused) -> Error {
+        let at = self.path.display();
+        match r.problem {
+            Problem::Unreadable(_) | Problem::Io(_) => {
+                Error::new(Code::Copy, format!("bundle {at}: {r}"))
             }
-            Err(e) => Err(Error::new(
-                Code::Copy,
-                format!("bundle {}: {rel}: {e}", self.path.display()),
-            )),
+            _ => Error::invalid_bundle(format!("bundle {at}: {r}: refused")),
         }
-    }
-
-    /// What `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does, one component at a time:
-    /// `..` and absolute paths cannot leave the root, and `O_NOFOLLOW` refuses a symlink at
-    /// every step (ELOOP, or ENOTDIR for a symlink where a directory is needed).
-    fn open_walk(&self, rel: &str, flags: OFlag) -> nix::Result<OwnedFd> {
-        let parts: Vec<&str> = rel
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
-        if rel.starts_with('/') || parts.contains(&"..") {
-            return Err(Errno::EXDEV);
-        }
-        let mut dir: Option<OwnedFd> = None;
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let f = if last {
-                flags
-            } else {
-                OFlag::O_DIRECTORY | OFlag::O_RDONLY
-            };
-            let at = dir
-                .as_ref()
-                .map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
-            let fd = nix::fcntl::openat(
-                Some(at),
-                *part,
-                f | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            // SAFETY: a successful openat returns a new descriptor that nothing else owns.
-            dir = Some(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        dir.ok_or(Errno::EXDEV)
-    }
-
-    fn hostile(&self, rel: &str, what: &str) -> Error {
-        Error::invalid_bundle(format!(
-            "bundle {}: {rel} {what}: refused",
-            self.path.display()
-        ))
     }
 
     /// Open a regular file beneath the bundle root for reading.
     pub fn open_file(&self, rel: &str) -> Result<Option<(File, u64)>> {
-        let Some(fd) = self.open_at(rel, OFlag::O_RDONLY)? else {
-            return Ok(None);
-        };
-        let f = File::from(fd);
-        let meta = f
-            .metadata()
-            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
-        if !meta.is_file() {
-            return Err(self.hostile(rel, "is not a regular file"));
-        }
-        Ok(Some((f, meta.len())))
+        self.tree.open_file(rel).map_err(|r| self.refusal(r))
     }
 
     /// Read a whole small file, refusing more than `cap` bytes.
     pub fn read_capped(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
-        let Some((f, len)) = self.open_file(rel)? else {
-            return Ok(None);
-        };
-        let oversized =
-            || Error::metadata_update(format!("{rel}: larger than the {cap}-byte limit"));
-        if len > cap {
-            return Err(oversized());
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        f.take(cap + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: read failed: {e}")))?;
-        if buf.len() as u64 > cap {
-            return Err(oversized());
-        }
-        Ok(Some(buf))
+        self.tree
+            .read_capped(rel, cap)
+            .map_err(|r| match r.problem {
+                Problem::TooLarge { .. } => {
+                    Error::metadata_update(format!("{rel}: larger than the {cap}-byte limit"))
+                }
+                _ => self.refusal(r),
+            })
     }
 
-    /// Names in directory `rel` (without `.`/`..`), or `None` if it does not exist.
+    /// Names in directory `rel` (without `.`/`..`), sorted, or `None` if it does not exist;
+    /// more than [`LIST_CAP`] entries is refused (15) before they cost memory.
     pub fn list_dir(&self, rel: &str) -> Result<Option<Vec<String>>> {
-        let Some(fd) = self.open_at(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY)? else {
-            return Ok(None);
-        };
-        // Dir takes the descriptor over and closes it on drop.
-        let mut dir = nix::dir::Dir::from_fd(fd.into_raw_fd())
-            .map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
-        let mut names = Vec::new();
-        for entry in dir.iter() {
-            let entry = entry.map_err(|e| Error::new(Code::Copy, format!("bundle: {rel}: {e}")))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(Some(names))
+        self.list_dir_capped(rel, LIST_CAP)
+    }
+
+    /// [`Bundle::list_dir`] with another cap.
+    pub fn list_dir_capped(&self, rel: &str, cap: usize) -> Result<Option<Vec<String>>> {
+        self.tree.names(rel, cap).map_err(|r| self.refusal(r))
     }
 
     /// Does `ostree_repo` hold the commit object `sha` (what fioctl and the device check)?
+    /// Only a regular file counts; anything else there is refused. Its content is checked
+    /// by [`crate::ostree::scan_bundle_commit`].
     pub fn has_commit(&self, sha: &str) -> Result<bool> {
         if !valid_digest(sha) {
             return Ok(false);
         }
         let rel = format!("ostree_repo/objects/{}/{}.commit", &sha[..2], &sha[2..]);
-        Ok(self.open_file(&rel)?.is_some())
+        let found = self.tree.expect(&rel, Kind::File);
+        Ok(found.map_err(|r| self.refusal(r))?.is_some())
     }
 
     /// Every app version in `apps/apps/*/*/uri`, by URI. Entries that are hidden, badly
@@ -330,29 +238,6 @@ mod tests {
     }
 
     #[test]
-    fn the_fallback_walk_refuses_the_same() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        std::fs::create_dir_all(root.join("tuf/sub")).unwrap();
-        std::fs::write(root.join("tuf/sub/ok"), b"x").unwrap();
-        std::fs::write(root.join("outside"), b"secret").unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("tuf/link-dir")).unwrap();
-        std::os::unix::fs::symlink("../outside", root.join("tuf/link-file")).unwrap();
-        let b = Bundle::open(root).unwrap();
-        let rd = OFlag::O_RDONLY;
-        assert!(b.open_walk("tuf/sub/ok", rd).is_ok());
-        assert!(b.open_walk("./tuf//sub/ok", rd).is_ok());
-        assert_eq!(b.open_walk("tuf/link-file", rd).unwrap_err(), Errno::ELOOP);
-        assert_eq!(
-            b.open_walk("tuf/link-dir/hostname", rd).unwrap_err(),
-            Errno::ENOTDIR
-        );
-        assert_eq!(b.open_walk("tuf/../outside", rd).unwrap_err(), Errno::EXDEV);
-        assert_eq!(b.open_walk("/etc/hostname", rd).unwrap_err(), Errno::EXDEV);
-        assert_eq!(b.open_walk("tuf/missing", rd).unwrap_err(), Errno::ENOENT);
-    }
-
-    #[test]
     fn caps_and_non_regular_files() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("tuf/timestamp.json")).unwrap();
@@ -365,6 +250,74 @@ mod tests {
         let e = b.read_capped("tuf/snapshot.json", 99).unwrap_err();
         assert_eq!(e.code(), Code::MetadataUpdate);
         assert!(e.one_line().contains("limit"));
+    }
+
+    #[test]
+    fn fifos_devices_and_huge_listings_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = d.path().join("apps/blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(d.path().join("tuf")).unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&blobs.join("fifo"), mode).unwrap();
+        nix::unistd::mkfifo(&d.path().join("tuf/timestamp.json"), mode).unwrap();
+        let zero = nix::sys::stat::makedev(1, 5);
+        let chr = nix::sys::stat::SFlag::S_IFCHR;
+        nix::sys::stat::mknod(&blobs.join("zero"), chr, mode, zero).unwrap();
+        for i in 0..20 {
+            std::fs::write(d.path().join(format!("tuf/{i}.x")), b"").unwrap();
+        }
+        let b = Bundle::open(d.path()).unwrap();
+        for (rel, what) in [
+            (
+                "apps/blobs/sha256/fifo",
+                "is a FIFO, not a regular file: refused",
+            ),
+            (
+                "apps/blobs/sha256/zero",
+                "is a character device, not a regular file: refused",
+            ),
+        ] {
+            let e = b.open_file(rel).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidBundle, "{rel}");
+            assert!(
+                e.one_line().ends_with(&format!("{rel} {what}")),
+                "{}",
+                e.one_line()
+            );
+        }
+        let e = b.read("timestamp.json").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        let e = b.list_dir_capped("tuf", 20).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(e
+            .one_line()
+            .ends_with("tuf holds more than 20 entries: refused"));
+        assert_eq!(b.list_dir_capped("tuf", 21).unwrap().unwrap().len(), 21);
+    }
+
+    #[test]
+    fn a_symlinked_or_special_tuf_is_named_for_what_it_is() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", d.path().join("tuf")).unwrap();
+        let e = Bundle::open(d.path()).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(
+            e.one_line().ends_with(": tuf is a symlink: refused"),
+            "{}",
+            e.one_line()
+        );
+        let d = tempfile::tempdir().unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&d.path().join("tuf"), mode).unwrap();
+        let e = Bundle::open(d.path()).unwrap_err();
+        assert!(
+            e.one_line()
+                .ends_with(": tuf is a FIFO, not a directory: refused"),
+            "{}",
+            e.one_line()
+        );
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct Plan {
     pub bundle: Bundle,
     pub config: Config,
     pub policy: Policy,
+    /// For a new rootfs: the objects of its commit that the device lacks, checked on the
+    /// stick (`None` when the rootfs stays).
+    pub rootfs: Option<crate::ostree::RootfsPlan>,
 }
 
 /// Run every check; the report is filled as far as the checks got.
@@ -205,6 +208,15 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     })?;
     report.decision = Some(why);
     pending_elsewhere(&state, &aklite)?;
+    // The rootfs it would copy, checked now, so that `check` says what `install` would.
+    let rootfs = match code {
+        Code::NeedsReboot => Some(crate::ostree::scan_bundle_commit(
+            &config.pacman,
+            &bundle,
+            &chosen.ostree,
+        )?),
+        _ => None,
+    };
     Ok(Plan {
         code,
         target: chosen,
@@ -212,6 +224,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         bundle,
         config,
         policy,
+        rootfs,
     })
 }
 

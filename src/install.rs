@@ -168,8 +168,15 @@ fn apply(
     }
 
     let pull = phase::start("pull");
-    let repo = plan.bundle.path().join("ostree_repo");
-    let stats = ostree::pull_from_bundle(pacman, &repo, &target.ostree, &mut |p| {
+    let scanned;
+    let rootfs = match &plan.rootfs {
+        Some(r) => r,
+        None => {
+            scanned = ostree::scan_bundle_commit(pacman, &plan.bundle, &target.ostree)?;
+            &scanned
+        }
+    };
+    let stats = ostree::pull_from_bundle(pacman, &plan.bundle, rootfs, &mut |p| {
         tracing::info!(
             objects = p.objects_done,
             of = p.objects_total,

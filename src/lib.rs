@@ -7,6 +7,8 @@
 //! - [`policy`]: the device policy (`/usr/lib|etc/usb-update/policy*.toml`);
 //! - [`device`]: who the device is: hardware id, tags, type, trusted roots, running target;
 //! - [`tuf`]: the Foundries TUF flavour: canonical JSON, keys, metadata, chain verification;
+//! - [`hostile_fs`]: the one way files on the stick are opened: beneath, no symlinks, no
+//!   blocking, regular files only, capped reads and listings;
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
@@ -24,6 +26,7 @@
 //! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
 //! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
+//! - [`watchdog`]: an update that makes no progress is ended, not left hanging;
 //! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
 //! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
@@ -42,6 +45,7 @@ pub mod error;
 pub mod failpoint;
 pub mod finalize;
 pub mod gen;
+pub mod hostile_fs;
 pub mod install;
 pub mod lock;
 pub mod media;
@@ -54,5 +58,6 @@ pub mod signature;
 pub mod state;
 pub mod status;
 pub mod tuf;
+pub mod watchdog;
 
 pub use error::{Code, Error, Result};

@@ -23,6 +23,7 @@ use notify::Watcher;
 use udev::mio::{Events, Interest, Poll, Token};
 
 use crate::error::{Code, Error, Result};
+use crate::hostile_fs::{Kind, Problem, Refused, Tree};
 use crate::policy::MediaPolicy;
 
 fn internal(msg: String) -> Error {
@@ -275,6 +276,15 @@ impl Mount {
     }
 }
 
+/// Detach the mount at `path` lazily and remove the directory: for a stick that stopped
+/// answering, with reads still blocked on it (the kernel lets go when they end).
+pub fn detach(path: &Path) {
+    if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
+        tracing::warn!("detaching {}: {e}", path.display());
+    }
+    let _ = fs::remove_dir(path);
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         if self.mounted {
@@ -312,56 +322,91 @@ fn clear_stale(path: &Path, ours: u64) -> Result<()> {
     Err(internal(format!("{at}: still mounted after 8 unmounts")))
 }
 
-/// Is `dir/tuf` a real directory, and `dir` one too (neither a symlink)?
-fn is_bundle(dir: &Path) -> bool {
-    let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    real_dir(dir) && real_dir(&dir.join("tuf"))
+/// Most entries read from the root of a stick (a bundle stick holds a few; FAT16 roots
+/// hold at most 512): the listing streams, and stops here rather than cost memory and time.
+pub const ROOT_LIST_CAP: usize = 10_000;
+/// Most subdirectories of a watched directory looked at (`/run/media/<user>` holds one per
+/// medium).
+const WATCH_LIST_CAP: usize = 1_000;
+
+/// Is `rel` (beneath the stick's root) a real directory holding a real `tuf/` directory?
+/// Neither may be a symlink; nothing is opened for reading.
+fn is_bundle(tree: &Tree, rel: &str) -> Result<bool> {
+    let dir = |rel: &str| -> Result<bool> {
+        match tree.kind(rel) {
+            Ok(k) => Ok(matches!(k, Some((Kind::Dir, _)))),
+            Err(r) if r.is_io() => Err(Error::copy(format!("{}: {r}", tree.path().display()))),
+            // A symlink or a file on the way: not a bundle.
+            Err(_) => Ok(false),
+        }
+    };
+    let tuf = if rel == "." {
+        "tuf".to_string()
+    } else {
+        format!("{rel}/tuf")
+    };
+    Ok(dir(rel)? && dir(&tuf)?)
 }
 
 /// The bundle on a mounted stick: a directory holding `tuf/`, at `root` or one level down;
 /// `pick` (`[media] bundle`, `"."` for the root) chooses among several. Hidden entries
-/// (with macOS `._*` files) and symlinks are never considered.
+/// (with macOS `._*` files) and symlinks are never considered. The root's listing streams
+/// and is refused past [`ROOT_LIST_CAP`] entries (15), whatever they are.
 pub fn find_bundle(root: &Path, pick: Option<&str>) -> Result<PathBuf> {
     let at = root.display();
+    // The refusal names the root itself.
+    let tree = Tree::open(root).map_err(|r| Error::copy(r.to_string()))?;
     if let Some(pick) = pick {
-        let path = match pick {
-            "." => root.to_path_buf(),
-            _ if !pick.is_empty() && !pick.contains('/') && !pick.starts_with('.') => {
-                root.join(pick)
-            }
+        let rel = match pick {
+            "." => ".",
+            _ if !pick.is_empty() && !pick.contains('/') && !pick.starts_with('.') => pick,
             _ => {
                 return Err(Error::not_found(format!(
                     "{at}: [media] bundle = {pick:?} is not \".\" or a visible directory name"
                 )))
             }
         };
-        if is_bundle(&path) {
-            return Ok(path);
+        if is_bundle(&tree, rel)? {
+            return Ok(if rel == "." {
+                root.to_path_buf()
+            } else {
+                root.join(rel)
+            });
         }
         return Err(Error::not_found(format!(
             "{at}: no bundle {pick:?} on the stick ([media] bundle): no tuf/ in it"
         )));
     }
     let mut found = Vec::new();
-    if is_bundle(root) {
-        found.push((".".into(), root.to_path_buf()));
+    if is_bundle(&tree, ".")? {
+        found.push((".".to_string(), root.to_path_buf()));
     }
-    let copy_err = |e: std::io::Error| Error::copy(format!("{at}: {e}"));
-    let entries: Vec<_> = fs::read_dir(root).map_err(copy_err)?.collect();
     let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(copy_err)?;
-        // file_type() does not follow symlinks: a symlink is never a bundle.
-        let dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if dir && !entry.file_name().as_bytes().starts_with(b".") {
-            names.push(entry.file_name());
+    let listed = tree.each_entry(".", ROOT_LIST_CAP, |name, kind| {
+        // The type from the listing when the filesystem gives it; is_bundle looks otherwise.
+        if !name.starts_with('.') && kind.is_none_or(|k| k == Kind::Dir) {
+            names.push(name.to_string());
         }
+    });
+    match listed {
+        Ok(_) => {}
+        Err(r) if r.is_io() => return Err(Error::copy(format!("{at}: {r}"))),
+        Err(Refused {
+            problem: Problem::TooMany { .. },
+            ..
+        }) => {
+            return Err(Error::invalid_bundle(format!(
+                "{at}: more than {ROOT_LIST_CAP} entries at the root of the stick: refused \
+                 (a bundle stick holds a few)"
+            )))
+        }
+        Err(r) => return Err(Error::invalid_bundle(format!("{at}: {r}: refused"))),
     }
     names.sort();
     for name in names {
-        let path = root.join(&name);
-        if is_bundle(&path) {
-            found.push((name.to_string_lossy().into_owned(), path));
+        if is_bundle(&tree, &name)? {
+            let path = root.join(&name);
+            found.push((name, path));
         }
     }
     match found.len() {
@@ -613,15 +658,29 @@ fn is_medium(dir: &Path) -> bool {
         }
 }
 
-/// Real (non-symlink) subdirectories of `dir`; an unreadable one has none.
+/// Real (non-symlink) subdirectories of `dir`, at most the first [`WATCH_LIST_CAP`] the
+/// listing meets; an unreadable one has none.
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(tree) = Tree::open(dir) else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
+    let mut names = Vec::new();
+    let listed = tree.each_entry(".", WATCH_LIST_CAP, |name, kind| {
+        if kind.is_none_or(|k| k == Kind::Dir) {
+            names.push(name.to_string());
+        }
+    });
+    if let Err(r) = listed {
+        tracing::warn!(
+            "{}: {r}: watching the first {} only",
+            dir.display(),
+            names.len()
+        );
+    }
+    names
+        .into_iter()
+        .filter(|n| matches!(tree.kind(n), Ok(Some((Kind::Dir, _)))))
+        .map(|n| dir.join(n))
         .collect()
 }
 
@@ -700,6 +759,27 @@ mod tests {
         assert_eq!(
             stick("", None, false).accept(&rig),
             Err("/dev/sdb1: no filesystem".into())
+        );
+    }
+
+    #[test]
+    fn a_root_listing_stops_at_its_cap_and_ignores_what_is_not_a_directory() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("b/tuf")).unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&t.path().join("fifo"), mode).unwrap();
+        std::os::unix::fs::symlink("b", t.path().join("link")).unwrap();
+        for i in 0..ROOT_LIST_CAP - 3 {
+            fs::write(t.path().join(format!("f{i}")), b"").unwrap();
+        }
+        assert_eq!(find_bundle(t.path(), None).unwrap(), t.path().join("b"));
+        fs::write(t.path().join("one-more"), b"").unwrap();
+        let e = find_bundle(t.path(), None).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(
+            e.one_line().ends_with("more than 10000 entries at the root of the stick: refused (a bundle stick holds a few)"),
+            "{}",
+            e.one_line()
         );
     }
 

@@ -17,6 +17,7 @@ pub struct Timer {
 }
 
 pub fn start(name: &'static str) -> Timer {
+    crate::watchdog::beat();
     Timer {
         name,
         started: Instant::now(),
@@ -25,6 +26,7 @@ pub fn start(name: &'static str) -> Timer {
 
 impl Timer {
     pub fn done(self) {
+        crate::watchdog::beat();
         let ms = (self.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
         tracing::info!(target: "usb_update::phase", phase = self.name, ms, "phase finished");
     }

@@ -14,13 +14,11 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -193,26 +191,30 @@ fn hash_file(path: &Path) -> Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// Opens `path` if it is a regular file, not through a symlink; anything else is refused.
+/// Opens `path` if it is a regular file, not through a symlink, without blocking (a FIFO is
+/// refused by its type before it is opened for reading); anything else is refused.
 fn open_regular(path: &Path) -> Result<File> {
-    let opened = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path);
-    let f = match opened {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(hostile(path, "a symlink"))
-        }
-        Err(e) => return Err(io_error(e, "opening", path)),
+    use crate::hostile_fs::{Problem, Tree};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(hostile(path, "not a file name"));
     };
-    let meta = f
-        .metadata()
-        .with_context(|| format!("inspecting {}", path.display()))?;
-    if !meta.is_file() {
-        return Err(hostile(path, "not a regular file"));
+    let io = |p: Problem| match p {
+        Problem::Unreadable(e) | Problem::Io(e) => {
+            io_error(std::io::Error::from_raw_os_error(e as i32), "opening", path)
+        }
+        Problem::Symlink | Problem::ThroughSymlink => hostile(path, "a symlink"),
+        _ => hostile(path, "not a regular file"),
+    };
+    let tree = Tree::open(dir).map_err(|r| io(r.problem))?;
+    match tree.open_file(name) {
+        Ok(Some((f, _))) => Ok(f),
+        Ok(None) => Err(io_error(
+            std::io::Error::from(ErrorKind::NotFound),
+            "opening",
+            path,
+        )),
+        Err(r) => Err(io(r.problem)),
     }
-    Ok(f)
 }
 
 /// `None` when there is no signature file.

@@ -714,12 +714,7 @@ fn symlink_pointing_outside_the_bundle() {
     std::fs::copy(bb.tuf_file("targets.json"), &outside).unwrap();
     std::fs::remove_file(bb.tuf_file("targets.json")).unwrap();
     std::os::unix::fs::symlink(&outside, bb.tuf_file("targets.json")).unwrap();
-    refused(
-        &d,
-        b.path(),
-        15,
-        "tuf/targets.json is or passes through a symlink: refused",
-    );
+    refused(&d, b.path(), 15, "tuf/targets.json is a symlink: refused");
 }
 
 #[test]
@@ -729,7 +724,7 @@ fn symlinked_commit_object() {
     let obj = bb.commit_object(&bb.targets[0].commit);
     std::fs::rename(&obj, d.tmp.path().join("c")).unwrap();
     std::os::unix::fs::symlink(d.tmp.path().join("c"), &obj).unwrap();
-    refused(&d, b.path(), 15, "is or passes through a symlink: refused");
+    refused(&d, b.path(), 15, ".commit is a symlink: refused");
 }
 
 #[test]

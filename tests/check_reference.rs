@@ -31,8 +31,10 @@ fn device() -> Device {
     d
 }
 
-/// The bundle: root 2 and the four role files as given, the commit object and the app's
-/// `uri` where fioctl puts them (their content is not what `check` looks at).
+/// The bundle: root 2 and the four role files as given, an archive repo holding the
+/// commit object and the app's `uri` where fioctl puts them. The vectors' commit id is a
+/// placeholder, so no object can hash to it: `check`, which reads the commit it would
+/// install, refuses it, after every TUF and selection step passed.
 fn bundle(dir: &Path) {
     std::fs::create_dir_all(dir.join("tuf")).unwrap();
     for f in [
@@ -46,6 +48,11 @@ fn bundle(dir: &Path) {
     }
     let obj = dir.join(format!("ostree_repo/objects/{}", &COMMIT[..2]));
     std::fs::create_dir_all(&obj).unwrap();
+    std::fs::write(
+        dir.join("ostree_repo/config"),
+        "[core]\nrepo_version=1\nmode=archive-z2\n",
+    )
+    .unwrap();
     std::fs::write(obj.join(format!("{}.commit", &COMMIT[2..])), b"").unwrap();
     let app = dir.join(format!("apps/apps/app-01/{APP_DIGEST}"));
     std::fs::create_dir_all(&app).unwrap();
@@ -57,13 +64,19 @@ fn bundle(dir: &Path) {
 }
 
 #[test]
-fn the_reference_bundle_is_accepted() {
+fn the_reference_bundle_verifies_up_to_its_placeholder_commit() {
     let d = device();
     let b = tempfile::tempdir().unwrap();
     bundle(b.path());
     let before = Unchanged::new(&d, b.path());
     let r = d.check(b.path(), &[]);
-    r.assert(100, "");
+    r.assert(
+        50,
+        &format!(
+            "ostree_repo/objects/7d/{}.commit does not match its checksum",
+            &COMMIT[2..]
+        ),
+    );
     before.assert();
     for line in [
         "root: v2 expires 2030-01-01T00:00:00Z (bundle tuf/2.root.json)",

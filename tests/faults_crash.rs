@@ -328,21 +328,7 @@ fn agent_killed_at_every_point_converges() {
     agent_policy(&p.d);
     // An aktualizr-lite that runs (a file says so) and a systemctl that drives it.
     let root = p.d.tmp.path().to_path_buf();
-    let aklite = root.join("aklite-active");
-    let systemctl = root.join("systemctl");
-    std::fs::write(
-        &systemctl,
-        format!(
-            "#!/bin/sh\ncase \"$1\" in\n is-active) [ -e {f} ];;\n stop) rm -f {f};;\n              start) touch {f};;\nesac\n",
-            f = aklite.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &systemctl,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (systemctl, aklite) = common::agent_rig::aklite_double(&root);
     std::fs::write(
         p.d.policy.join("30-aklite.toml"),
         format!(
@@ -351,7 +337,6 @@ fn agent_killed_at_every_point_converges() {
         ),
     )
     .unwrap();
-    std::fs::write(&aklite, "").unwrap();
     let content = tempfile::tempdir().unwrap();
     for (v, b) in &p.bundles {
         let st = std::process::Command::new("cp")

@@ -89,13 +89,27 @@ fn assert_repo_clean(sys: &TestSysroot) {
     assert_eq!(sys.remotes().unwrap(), Vec::<String>::new(), "remotes");
 }
 
+/// Scan and pull `csum` from `repo`, the `ostree_repo` of a bundle directory (given a
+/// `tuf/` here if it has none: these tests are about the repo only).
 fn pull(
     p: &Pacman,
-    bundle: &Path,
+    repo: &Path,
     csum: &str,
 ) -> usb_update::Result<(ost::PullStats, Vec<PullProgress>)> {
+    assert_eq!(
+        repo.file_name().unwrap(),
+        "ostree_repo",
+        "{}",
+        repo.display()
+    );
+    let dir = repo.parent().unwrap();
+    if !dir.join("tuf").exists() {
+        fs::create_dir_all(dir.join("tuf")).unwrap();
+    }
+    let bundle = usb_update::bundle::Bundle::open(dir)?;
+    let plan = ost::scan_bundle_commit(p, &bundle, csum)?;
     let mut seen = Vec::new();
-    let stats = ost::pull_from_bundle(p, bundle, csum, &mut |pr| seen.push(pr))?;
+    let stats = ost::pull_from_bundle(p, &bundle, &plan, &mut |pr| seen.push(pr))?;
     Ok((stats, seen))
 }
 
@@ -119,8 +133,9 @@ fn pull_and_deploy_carry_kargs_etc_and_origin_and_leave_no_remote() {
         ],
     );
     // The stick is mounted read-only.
-    let ro = ReadOnlyBind::new(&bundle, &tmp.path().join("stick"));
-    let (stats, seen) = pull(&p, ro.path(), &v2).unwrap();
+    fs::create_dir_all(bundle.parent().unwrap().join("tuf")).unwrap();
+    let ro = ReadOnlyBind::new(bundle.parent().unwrap(), &tmp.path().join("stick"));
+    let (stats, seen) = pull(&p, &ro.path().join("ostree_repo"), &v2).unwrap();
     drop(ro);
     assert!(!stats.skipped);
     assert!(stats.objects > 0 && stats.bytes >= 100_000, "{stats:?}");
@@ -249,9 +264,11 @@ fn corrupted_object_in_bundle_is_a_copy_error_and_changes_nothing() {
 #[test]
 fn commit_missing_from_bundle_is_content_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (sys, factory, _v1) = device(tmp.path());
+    let (sys, _factory, _v1) = device(tmp.path());
     let p = pacman(&sys, "staged");
-    let err = pull(&p, &factory, &"ab".repeat(32)).unwrap_err();
+    let bundle = tmp.path().join("bundle/ostree_repo");
+    commit(&bundle, "2", vec![]);
+    let err = pull(&p, &bundle, &"ab".repeat(32)).unwrap_err();
     assert_eq!(err.code(), Code::ContentMissing, "{}", err.one_line());
     assert_repo_clean(&sys);
 }

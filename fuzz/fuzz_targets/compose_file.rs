@@ -1,32 +1,8 @@
-//! Compose files and image references from a hostile app: no panic; a file that parses
-//! gives an override that parses back to the same images.
+//! cargo-fuzz entry of `compose_file`; the target itself is `fuzz/targets/compose_file.rs`, which
+//! `tests/fuzz_replay.rs` also runs on every input of `fuzz/corpus/compose_file/`.
 #![no_main]
 
-use std::collections::BTreeMap;
+#[path = "../targets/compose_file.rs"]
+mod target;
 
-use libfuzzer_sys::fuzz_target;
-use usb_update::apps::compose::{self, ComposeFile};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Some((repo, hex)) = compose::pinned(text) {
-            assert_eq!(format!("{repo}@sha256:{hex}"), text);
-        }
-    }
-    let Ok(file) = ComposeFile::parse(data, "fuzz") else {
-        return;
-    };
-    let images: BTreeMap<String, String> = file
-        .services
-        .iter()
-        .filter_map(|(name, s)| Some((name.clone(), s.image.clone()?)))
-        .collect();
-    let yaml = compose::override_yaml(&images);
-    let back = ComposeFile::parse(yaml.as_bytes(), "override").expect("our override parses");
-    let again: BTreeMap<String, String> = back
-        .services
-        .iter()
-        .filter_map(|(name, s)| Some((name.clone(), s.image.clone()?)))
-        .collect();
-    assert_eq!(again, images);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -12,16 +12,18 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use flate2::read::MultiGzDecoder;
 use nix::errno::Errno;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use tar::EntryType;
+
+use crate::hostile_fs::{openat_nofollow, Capped};
 
 /// Bounds on what one archive may unpack to.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ pub fn extract_tgz(src: impl Read, dest: &Path, limits: &Limits) -> anyhow::Resu
 /// ([`extract_tgz`] refuses archives where it would matter).
 pub fn read_member(src: impl Read, name: &str, cap: u64) -> anyhow::Result<Option<Vec<u8>>> {
     let want = strip_dot(name.as_bytes());
-    let stream = Capped::new(MultiGzDecoder::new(src), stream_cap(&LIMITS));
+    let stream = Capped::new(MultiGzDecoder::new(src), stream_cap(&LIMITS), "archive");
     let mut archive = tar::Archive::new(stream);
     for entry in archive.entries().context("reading the archive")? {
         let mut entry = entry.context("reading the archive")?;
@@ -120,43 +122,6 @@ fn stream_cap(limits: &Limits) -> u64 {
         .saturating_add(entries.saturating_add(2).saturating_mul(per_entry))
 }
 
-/// A reader that fails (rather than ending quietly) once more than `cap` bytes went through.
-struct Capped<R> {
-    inner: R,
-    left: u64,
-    cap: u64,
-}
-
-impl<R> Capped<R> {
-    fn new(inner: R, cap: u64) -> Self {
-        Capped {
-            inner,
-            left: cap,
-            cap,
-        }
-    }
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Read one byte past the cap so that reaching it exactly is still fine.
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        match self.left.checked_sub(n as u64) {
-            Some(left) => {
-                self.left = left;
-                Ok(n)
-            }
-            None => Err(io::Error::other(format!(
-                "archive is over {} bytes uncompressed: refused",
-                self.cap
-            ))),
-        }
-    }
-}
-
 fn extract_into(src: impl Read, dest: &Path, limits: &Limits) -> anyhow::Result<Vec<PathBuf>> {
     let root: OwnedFd = File::options()
         .read(true)
@@ -168,7 +133,7 @@ fn extract_into(src: impl Read, dest: &Path, limits: &Limits) -> anyhow::Result<
     fchmod(root.as_raw_fd(), Mode::from_bits_truncate(0o755))
         .with_context(|| format!("cannot chmod {}", dest.display()))?;
 
-    let stream = Capped::new(MultiGzDecoder::new(src), stream_cap(limits));
+    let stream = Capped::new(MultiGzDecoder::new(src), stream_cap(limits), "archive");
     let mut archive = tar::Archive::new(stream);
     // Directory modes are applied last (deepest first) so that a read-only directory in the
     // archive does not stop its own files from being written.
@@ -270,13 +235,6 @@ fn join(parts: &[&[u8]]) -> PathBuf {
         .collect()
 }
 
-fn open_at(dir: &OwnedFd, name: &[u8], flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
-    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = openat(Some(dir.as_raw_fd()), name, flags, mode)?;
-    // SAFETY: a successful openat returns a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The directory `parts` below `root`, opened one component at a time with `O_NOFOLLOW`.
 /// With `made`, missing directories are created (0700 while we work; recorded in `made`
 /// as 0755, applied at the end, unless the archive gives a mode for them).
@@ -297,7 +255,7 @@ fn walk(
                 Err(e) => return Err(format!("cannot create directory: {e}")),
             }
         }
-        let opened = open_at(
+        let opened = openat_nofollow(
             at,
             part,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY,
@@ -323,10 +281,12 @@ fn walk(
 /// that name) is refused rather than overwritten.
 fn create_file(dir: &OwnedFd, leaf: &[u8], mode: u32) -> Result<File, String> {
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
-    let fd = open_at(dir, leaf, flags, Mode::from_bits_truncate(0o600)).map_err(|e| match e {
-        Errno::EEXIST => "duplicate entry refused".to_string(),
-        e => format!("cannot create it: {e}"),
-    })?;
+    let fd = openat_nofollow(dir, leaf, flags, Mode::from_bits_truncate(0o600)).map_err(
+        |e| match e {
+            Errno::EEXIST => "duplicate entry refused".to_string(),
+            e => format!("cannot create it: {e}"),
+        },
+    )?;
     // The umask must not decide the mode: set it on the descriptor we wrote through.
     fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))
         .map_err(|e| format!("cannot chmod it: {e}"))?;

@@ -468,6 +468,9 @@ impl Write for ChunkWriter {
         self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {
             self.closed = true;
             io::Error::new(io::ErrorKind::BrokenPipe, "the engine stopped reading")
-        })
+        })?;
+        // The engine took a chunk: the load moves.
+        crate::watchdog::beat();
+        Ok(())
     }
 }

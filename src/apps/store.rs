@@ -212,6 +212,7 @@ impl Store {
                 to.write_all(&buf[..n])
                     .map_err(|e| io_error(&partial, "writing", e))?;
                 copied += n as u64;
+                crate::watchdog::beat();
                 tick(n as u64);
             }
             if copied != len {

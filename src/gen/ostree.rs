@@ -70,6 +70,8 @@ pub struct CommitOptions {
     pub version: Option<String>,
     /// Seconds since the epoch.
     pub timestamp: u64,
+    /// Index every object's size in the commit (`ostree commit --generate-sizes`).
+    pub generate_sizes: bool,
 }
 
 impl CommitOptions {
@@ -78,6 +80,7 @@ impl CommitOptions {
             subject: subject.to_string(),
             version: version.map(str::to_string),
             timestamp: COMMIT_TIME,
+            generate_sizes: false,
         }
     }
 }
@@ -171,10 +174,11 @@ pub fn commit_dir(
         }
         ostree::RepoCommitFilterResult::Allow
     };
-    let modifier = ostree::RepoCommitModifier::new(
-        ostree::RepoCommitModifierFlags::SKIP_XATTRS,
-        Some(Box::new(filter)),
-    );
+    let mut flags = ostree::RepoCommitModifierFlags::SKIP_XATTRS;
+    if opts.generate_sizes {
+        flags |= ostree::RepoCommitModifierFlags::GENERATE_SIZES;
+    }
+    let modifier = ostree::RepoCommitModifier::new(flags, Some(Box::new(filter)));
     repo.write_directory_to_mtree(&gio::File::for_path(dir), &mtree, Some(&modifier), none)
         .with_context(ctx)?;
     let root = repo.write_mtree(&mtree, none).with_context(ctx)?;

@@ -5,6 +5,7 @@
 //! the one named by the simulation files (`simulated`, see the README: a test double for the
 //! reboot and the bootloader, active only when configured).
 //!
+//! - [`scan_bundle_commit`] ([`stick_repo`]): the bundle's repo, checked and walked by us;
 //! - [`pull_from_bundle`] ([`pull`]): the commit from the stick into the sysroot repo;
 //! - [`deploy`], [`make_default`], [`remove_deployment`], [`cleanup`]: the deployment list,
 //!   each under the sysroot lock, as aktualizr(-lite) manipulates it;
@@ -12,6 +13,7 @@
 //! - [`testsys`]: a throw-away sysroot for tests and the demo.
 
 mod pull;
+mod stick_repo;
 pub mod testsys;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +25,8 @@ use ostree::{gio, glib};
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
-pub use pull::{pull_from_bundle, PullProgress, PullStats};
+pub use pull::{pull_from_bundle, PullProgress, PullStats, MARGIN_PERCENT};
+pub use stick_repo::{scan_bundle_commit, FileObj, RootfsPlan};
 
 /// Directory of the simulated-boot files, relative to the sysroot.
 pub const SIM_DIR: &str = ".usb-update-sim";

@@ -97,6 +97,9 @@ pub struct AgentPolicy {
     pub report: bool,
     /// `run` said 90 (boot firmware updated): reboot at once to complete it.
     pub reboot_for_boot_firmware: bool,
+    /// `agent handle` gives up (50, error pattern, aktualizr-lite started again, the stick
+    /// unmounted) when reading and installing from the stick shows no progress this long.
+    pub stall_timeout: Duration,
 }
 
 impl Default for AgentPolicy {
@@ -111,6 +114,7 @@ impl Default for AgentPolicy {
             aklite_unit: "aktualizr-lite.service".into(),
             report: true,
             reboot_for_boot_firmware: false,
+            stall_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -277,6 +281,8 @@ struct AgentLayer {
     aklite_unit: Option<String>,
     report: Option<bool>,
     reboot_for_boot_firmware: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    stall_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,7 +385,7 @@ impl Policy {
         }
         if let Some(a) = layer.agent {
             merge!(self.agent, a; lock_file, run_dir, reboot_command, docker_restart_command,
-                systemctl, aklite_unit, report, reboot_for_boot_firmware);
+                systemctl, aklite_unit, report, reboot_for_boot_firmware, stall_timeout);
         }
         if let Some(m) = layer.media {
             merge!(self.media, m; filesystems, require_usb, watch_dirs; opt bundle);
@@ -460,6 +466,17 @@ mod tests {
             allow_unknown_running_version: false,
         };
         assert_eq!(p.update, expected);
+    }
+
+    #[test]
+    fn the_stall_timeout_is_a_duration_of_ten_minutes_by_default() {
+        assert_eq!(
+            load_one("").unwrap().agent.stall_timeout,
+            Duration::from_secs(600)
+        );
+        let p = load_one("[agent]\nstall_timeout = \"90s\"\n").unwrap();
+        assert_eq!(p.agent.stall_timeout, Duration::from_secs(90));
+        assert!(err_of(load_one("[agent]\nstall_timeout = \"soon\"\n")).contains("soon"));
     }
 
     #[test]

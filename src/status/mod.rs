@@ -180,6 +180,7 @@ impl Feedback {
 
     /// [`Feedback::progress`] with the clock passed in, for the tests.
     fn progress_at(&mut self, what: &str, done: u64, total: u64, now: Instant) {
+        crate::watchdog::beat();
         let what = one_line(what);
         // u128: no overflow whatever the unit.
         let percent =
@@ -242,6 +243,7 @@ impl Feedback {
 
     /// The console, the log and the kept lines.
     fn say(&mut self, msg: &str) {
+        crate::watchdog::beat();
         tracing::info!("{msg}");
         let line = format!("{CONSOLE_PREFIX}{msg}\n");
         for c in &self.consoles {

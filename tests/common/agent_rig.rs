@@ -89,13 +89,7 @@ impl Rig {
 
     /// The LED's attributes: trigger, delay_on, delay_off.
     pub fn led(&self) -> (String, String, String) {
-        let read = |f: &str| {
-            std::fs::read_to_string(self.root.join("leds/status").join(f))
-                .expect("led")
-                .trim()
-                .to_string()
-        };
-        (read("trigger"), read("delay_on"), read("delay_off"))
+        led_of(&self.root)
     }
 
     /// The stick's report, parsed, if there is one.
@@ -106,6 +100,40 @@ impl Rig {
             .read(&name)
             .map(|b| serde_json::from_slice(&b).expect("report"))
     }
+}
+
+/// The attributes of the LED `status` under `<root>/leds`: trigger, delay_on, delay_off.
+pub fn led_of(root: &Path) -> (String, String, String) {
+    let read = |f: &str| {
+        std::fs::read_to_string(root.join("leds/status").join(f))
+            .expect("led")
+            .trim()
+            .to_string()
+    };
+    (read("trigger"), read("delay_on"), read("delay_off"))
+}
+
+/// An aktualizr-lite that runs while `<root>/aklite-active` exists, and the systemctl
+/// (`<root>/systemctl`) that drives it; returns both paths.
+pub fn aklite_double(root: &Path) -> (PathBuf, PathBuf) {
+    let active = root.join("aklite-active");
+    let systemctl = root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n is-active) [ -e {f} ];;\n stop) rm -f {f};;\n \
+             start) touch {f};;\nesac\n",
+            f = active.display()
+        ),
+    )
+    .expect("systemctl");
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("systemctl");
+    std::fs::write(&active, "").expect("aklite");
+    (systemctl, active)
 }
 
 /// The LED patterns of the README.

@@ -9,6 +9,7 @@ pub mod crashes;
 pub mod dockerd;
 pub mod faults;
 pub mod gate;
+pub mod hostile;
 pub mod scene;
 pub mod stick;
 pub mod udev;
