@@ -112,7 +112,15 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         .strip_prefix(mount.path())
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let fingerprint = fingerprint(&bundle)?;
+    // tuf/ is read once, here: the signature, the fingerprint and install's TUF checks are
+    // all over these bytes.
+    let metadata = std::sync::Arc::new(crate::signature::read_tuf(
+        &crate::bundle::Bundle::open(&bundle)?,
+        &ctx.policy.signature,
+    )?);
+    let fingerprint = hex::encode(Sha256::digest(
+        metadata.tuf.get("timestamp.json").unwrap_or_default(),
+    ));
     let dir = ctx.cfg.state_dir();
     let mut seen = Seen::load(&dir);
     let boot_id = crate::ostree::boot_id(&ctx.cfg.pacman)?;
@@ -129,7 +137,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
             });
         }
     }
-    if let Some(key) = crate::signature::verify(&bundle, &ctx.policy.signature)? {
+    if let Some(key) = &metadata.signer {
         ctx.fb
             .step(&format!("operator signature by {key}: trusted"));
     }
@@ -149,6 +157,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         src_dir: bundle.clone(),
         target: None,
         force: false,
+        metadata: Some(metadata),
         progress: Some(crate::check::Progress(std::sync::Arc::new(
             move |what: &str, done: u64, total: u64| {
                 if let Ok(mut fb) = sink.lock() {
@@ -394,6 +403,7 @@ pub fn watch(sources: &Sources) -> Result<()> {
                     target: None,
                     force: false,
                     progress: None,
+                    metadata: None,
                 };
                 let (r, _) = crate::install::install(&req);
                 tracing::info!("install returned {}", r.exit_code);
@@ -530,15 +540,6 @@ impl Seen {
             retry,
         });
     }
-}
-
-/// Which bundle this is: its signed timestamp (a new bundle has a new one).
-fn fingerprint(bundle: &Path) -> Result<String> {
-    let b = crate::bundle::Bundle::open(bundle)?;
-    let bytes = b
-        .read_capped("tuf/timestamp.json", 1 << 20)?
-        .unwrap_or_default();
-    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 fn current_name(sources: &Sources) -> Option<String> {

@@ -50,5 +50,6 @@ pub mod signature;
 pub mod state;
 pub mod status;
 pub mod tuf;
+pub mod tufdir;
 
 pub use error::{Code, Error, Result};

@@ -5,11 +5,12 @@
 //! functions in `verify` decide whether to believe it.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde_json::{Map, Value};
 
-use super::canonical;
 use super::keys::{decode_sig, Method, PublicKey};
+use super::{canonical, strict};
 
 /// Why a file is not well-formed metadata (mapped to an exit code by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +19,14 @@ pub struct Malformed(pub String);
 
 fn bad(msg: impl Into<String>) -> Malformed {
     Malformed(msg.into())
+}
+
+/// Why [`Envelope::parse_within`] refused bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unparsed {
+    Malformed(Malformed),
+    /// The canonical form is longer than the budget (given here).
+    TooLong(usize),
 }
 
 /// One element of `signatures`.
@@ -31,92 +40,317 @@ pub struct Signature {
     pub sig: Option<Vec<u8>>,
 }
 
-/// A signed file: `{"signatures": [...], "signed": {...}}`.
+/// A signed file: `{"signatures": [...], "signed": {...}}`, held as its canonical bytes.
+///
+/// Parsing builds no tree of values: the canonical form comes straight from the bytes
+/// ([`strict`]), the signatures and the header fields (`_type`, `version`, `expires`) are
+/// read into small typed structures, and the rest of `signed` is parsed only on demand,
+/// which the verifier does only after the signatures held.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    pub signed: Map<String, Value>,
+    canonical: Vec<u8>,
+    signed: Range<usize>,
     pub signatures: Vec<Signature>,
-    /// Canonical bytes of `signed`: what signatures cover.
-    pub canonical_signed: Vec<u8>,
     /// Hashes of the canonical form of the whole file: what snapshot/timestamp pin.
     pub sha256: String,
     pub sha512: String,
+    header: Header,
+}
+
+/// The largest canonical form of `n` bytes of JSON: escaping at most triples a string
+/// (`é`, two bytes, becomes `\u00e9`); whitespace only shrinks.
+pub fn canonical_bound(n: usize) -> usize {
+    n.saturating_mul(3).saturating_add(16)
 }
 
 impl Envelope {
+    /// Parse `bytes` (of any size the caller accepted: the canonical form is bounded by it).
     pub fn parse(bytes: &[u8]) -> Result<Envelope, Malformed> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-        Self::from_value(v)
-    }
-
-    pub fn from_value(v: Value) -> Result<Envelope, Malformed> {
-        let (sha256, sha512) = canonical::hashes(&v).map_err(|e| bad(e.to_string()))?;
-        let Value::Object(mut top) = v else {
-            return Err(bad("not a JSON object"));
-        };
-        let signed = match top.remove("signed") {
-            Some(Value::Object(m)) => m,
-            Some(_) => return Err(bad("`signed` is not an object")),
-            None => return Err(bad("no `signed` member")),
-        };
-        let sigs = match top.remove("signatures") {
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(bad("`signatures` is not an array")),
-            None => return Err(bad("no `signatures` member")),
-        };
-        let signatures = sigs
-            .iter()
-            .map(|s| {
-                let field = |name: &str| {
-                    s.get(name)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad(format!("a signature has no string `{name}`")))
-                };
-                let method_name = field("method")?.to_string();
-                Ok(Signature {
-                    keyid: field("keyid")?.to_string(),
-                    method: Method::parse(&method_name),
-                    method_name,
-                    sig: decode_sig(field("sig")?),
-                })
-            })
-            .collect::<Result<Vec<_>, Malformed>>()?;
-        let canonical_signed = canonical::object_to_vec(&signed).map_err(|e| bad(e.to_string()))?;
-        Ok(Envelope {
-            signed,
-            signatures,
-            canonical_signed,
-            sha256,
-            sha512,
+        Self::parse_within(bytes, canonical_bound(bytes.len())).map_err(|e| match e {
+            Unparsed::Malformed(m) => m,
+            Unparsed::TooLong(n) => bad(format!("canonical form longer than {n} bytes")),
         })
     }
 
+    /// Parse `bytes`, refusing a canonical form longer than `budget` bytes.
+    pub fn parse_within(bytes: &[u8], budget: usize) -> Result<Envelope, Unparsed> {
+        let c = strict::canonicalize(bytes, budget).map_err(|e| match e {
+            strict::StrictError::TooLarge(n) => Unparsed::TooLong(n),
+            e => Unparsed::Malformed(bad(e.to_string())),
+        })?;
+        Self::from_canonical(c).map_err(Unparsed::Malformed)
+    }
+
+    fn from_canonical(c: strict::Canonical) -> Result<Envelope, Malformed> {
+        if c.members.is_none() {
+            return Err(bad("not a JSON object"));
+        }
+        let signed = c
+            .member_range("signed")
+            .ok_or_else(|| bad("no `signed` member"))?;
+        if c.bytes.get(signed.start) != Some(&b'{') {
+            return Err(bad("`signed` is not an object"));
+        }
+        let sigs = c
+            .member("signatures")
+            .ok_or_else(|| bad("no `signatures` member"))?;
+        if sigs.first() != Some(&b'[') {
+            return Err(bad("`signatures` is not an array"));
+        }
+        let signatures = serde_json::from_slice::<Signatures>(sigs)
+            .map_err(|e| bad(strip_position(&e)))?
+            .0;
+        let header = serde_json::from_slice::<Header>(&c.bytes[signed.clone()])
+            .map_err(|e| bad(strip_position(&e)))?;
+        use sha2::Digest as _;
+        Ok(Envelope {
+            sha256: hex::encode(sha2::Sha256::digest(&c.bytes)),
+            sha512: hex::encode(sha2::Sha512::digest(&c.bytes)),
+            canonical: c.bytes,
+            signed,
+            signatures,
+            header,
+        })
+    }
+
+    /// The envelope of an already parsed value (tests, generated bundles).
+    pub fn from_value(v: Value) -> Result<Envelope, Malformed> {
+        let bytes = canonical::to_vec(&v).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&bytes)
+    }
+
+    /// The canonical bytes of the whole file: what is stored as trusted metadata.
+    pub fn canonical(&self) -> &[u8] {
+        &self.canonical
+    }
+
+    pub fn into_canonical(self) -> Vec<u8> {
+        self.canonical
+    }
+
+    /// The canonical bytes of `signed`: what signatures cover.
+    pub fn signed_bytes(&self) -> &[u8] {
+        &self.canonical[self.signed.clone()]
+    }
+
+    /// `signed` as a tree of values; only for metadata whose signatures were checked.
+    pub fn signed_map(&self) -> Result<Map<String, Value>, Malformed> {
+        serde_json::from_slice(self.signed_bytes()).map_err(|e| bad(strip_position(&e)))
+    }
+
+    /// `signed` read into `T` (members `T` does not name are skipped, not built).
+    pub fn signed_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, Malformed> {
+        serde_json::from_slice(self.signed_bytes()).map_err(|e| bad(strip_position(&e)))
+    }
+
     pub fn type_name(&self) -> &str {
-        self.signed
-            .get("_type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        match &self.header.type_ {
+            Some(Scalar::Str(s)) => s,
+            _ => "",
+        }
     }
 
     pub fn version(&self) -> Result<u64, Malformed> {
-        self.signed
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("`signed.version` is not a non-negative integer"))
+        match &self.header.version {
+            Some(Scalar::UInt(v)) => Ok(*v),
+            Some(other) => Err(bad(format!(
+                "`signed.version` is {}, not a non-negative integer",
+                other.describe()
+            ))),
+            None => Err(bad("no `signed.version`")),
+        }
     }
 
     /// `expires`, checked to be exactly `YYYY-MM-DDTHH:MM:SSZ` as the device requires.
     pub fn expires(&self) -> Result<String, Malformed> {
-        let e = self
-            .signed
-            .get("expires")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no string `signed.expires`"))?;
+        let e = match &self.header.expires {
+            Some(Scalar::Str(s)) => s,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`signed.expires` is {}, not a string",
+                    other.describe()
+                )))
+            }
+            None => return Err(bad("no `signed.expires`")),
+        };
         check_timestamp(e).then(|| e.to_string()).ok_or_else(|| {
             bad(format!(
                 "`signed.expires` {e:?} is not YYYY-MM-DDTHH:MM:SSZ"
             ))
         })
+    }
+}
+
+/// serde_json's message without " at line 1 column N": positions in canonical bytes mean
+/// nothing to whoever reads the file.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `_type`, `version` and `expires` of `signed`; nothing else is built.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+struct Header {
+    #[serde(rename = "_type")]
+    type_: Option<Scalar>,
+    version: Option<Scalar>,
+    expires: Option<Scalar>,
+}
+
+/// A string or a non-negative integer as it is; any other value only as what kind it is
+/// (read past, never built).
+#[derive(Debug, Clone)]
+pub(crate) enum Scalar {
+    Str(String),
+    UInt(u64),
+    Other(&'static str),
+}
+
+impl Scalar {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Scalar::Str(s) if s.len() > 40 => format!("a string of {} bytes", s.len()),
+            Scalar::Str(s) => format!("the string {s:?}"),
+            Scalar::UInt(n) => format!("the number {n}"),
+            Scalar::Other(k) => (*k).to_string(),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_string()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::UInt(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(match u64::try_from(v) {
+            Ok(u) => Scalar::UInt(u),
+            Err(_) => Scalar::Other("a negative number"),
+        })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Other("a number with a fraction"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Other("a boolean"))
+    }
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other("null"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an array"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Scalar::Other("an object"))
+    }
+}
+
+/// `signatures`, each element checked as it is read: the first bad one stops the parse.
+struct Signatures(Vec<Signature>);
+
+impl<'de> serde::Deserialize<'de> for Signatures {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Signatures, D::Error> {
+        d.deserialize_seq(SignaturesVisitor)
+    }
+}
+
+struct SignaturesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SignaturesVisitor {
+    type Value = Signatures;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of signatures")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Signatures, A::Error> {
+        use serde::de::Error as _;
+        let mut out = Vec::new();
+        while let Some(raw) = seq.next_element::<RawSignature>()? {
+            let field = |v: Option<Scalar>, name: &str| match v {
+                Some(Scalar::Str(s)) => Ok(s),
+                _ => Err(A::Error::custom(format!(
+                    "a signature has no string `{name}`"
+                ))),
+            };
+            let method_name = field(raw.method, "method")?;
+            let keyid = field(raw.keyid, "keyid")?;
+            let sig = field(raw.sig, "sig")?;
+            out.push(Signature {
+                keyid,
+                method: Method::parse(&method_name),
+                method_name,
+                sig: decode_sig(&sig),
+            });
+        }
+        Ok(Signatures(out))
+    }
+}
+
+/// One element of `signatures` before its checks.
+struct RawSignature {
+    keyid: Option<Scalar>,
+    method: Option<Scalar>,
+    sig: Option<Scalar>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawSignature {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawSignature, D::Error> {
+        d.deserialize_any(RawSignatureVisitor)
+    }
+}
+
+struct RawSignatureVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawSignatureVisitor {
+    type Value = RawSignature;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a signature object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawSignature, A::Error> {
+        let mut raw = RawSignature {
+            keyid: None,
+            method: None,
+            sig: None,
+        };
+        while let Some(k) = map.next_key::<String>()? {
+            let slot = match k.as_str() {
+                "keyid" => &mut raw.keyid,
+                "method" => &mut raw.method,
+                "sig" => &mut raw.sig,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<Scalar>()?);
+        }
+        Ok(raw)
     }
 }
 
@@ -155,6 +389,8 @@ pub struct Root {
 pub const ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
 impl Root {
+    /// The root in `env`; call only once `env` is known to be signed by a trusted root (or
+    /// is the device's own): this builds the whole of `signed`.
     pub fn from_envelope(env: &Envelope) -> Result<Root, Malformed> {
         if !env.type_name().eq_ignore_ascii_case("root") {
             return Err(bad(format!(
@@ -162,8 +398,8 @@ impl Root {
                 env.type_name()
             )));
         }
-        let keys_json = env
-            .signed
+        let signed = env.signed_map()?;
+        let keys_json = signed
             .get("keys")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no `signed.keys` object"))?;
@@ -172,8 +408,7 @@ impl Root {
             let k = PublicKey::from_json(entry).map_err(|e| bad(format!("key {id}: {e}")))?;
             keys.insert(id.clone(), k);
         }
-        let roles_json = env
-            .signed
+        let roles_json = signed
             .get("roles")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no `signed.roles` object"))?;
@@ -223,12 +458,14 @@ pub struct MetaRef {
     pub version: u64,
     pub sha256: Option<String>,
     pub sha512: Option<String>,
+    /// The length of the referenced file's canonical form, when stated.
+    pub length: Option<u64>,
 }
 
 impl MetaRef {
     fn parse(env: &Envelope, file: &str, need_hashes: bool) -> Result<MetaRef, Malformed> {
-        let m = env
-            .signed
+        let signed = env.signed_map()?;
+        let m = signed
             .get("meta")
             .and_then(|m| m.get(file))
             .ok_or_else(|| bad(format!("no `signed.meta[\"{file}\"]`")))?;
@@ -248,10 +485,19 @@ impl MetaRef {
                 "`meta[\"{file}\"].hashes` has no sha256 or sha512"
             )));
         }
+        let length = match m.get("length") {
+            None => None,
+            Some(l) => Some(l.as_u64().ok_or_else(|| {
+                bad(format!(
+                    "`meta[\"{file}\"].length` is not a non-negative integer"
+                ))
+            })?),
+        };
         Ok(MetaRef {
             version,
             sha256,
             sha512,
+            length,
         })
     }
 
@@ -297,6 +543,19 @@ pub struct Target {
 impl Target {
     fn custom_str(&self, key: &str) -> Option<&str> {
         self.custom.get(key).and_then(Value::as_str)
+    }
+
+    /// What `custom.<key>` holds, for messages: a string quoted, else its kind and value.
+    pub fn describe_custom(&self, key: &str) -> String {
+        match self.custom.get(key) {
+            None => "missing".into(),
+            Some(Value::String(s)) => format!("{s:?}"),
+            Some(Value::Number(n)) => format!("the number {n}"),
+            Some(Value::Null) => "null".into(),
+            Some(Value::Bool(b)) => format!("the boolean {b}"),
+            Some(Value::Array(_)) => "an array".into(),
+            Some(Value::Object(_)) => "an object".into(),
+        }
     }
 
     pub fn target_format(&self) -> Option<&str> {
@@ -350,11 +609,15 @@ impl Target {
     }
 }
 
-/// Take the `targets` map out of a `Targets` file (moved, not copied: it is the largest
-/// part of any bundle's metadata).
-pub fn targets(env: &mut Envelope) -> Result<Vec<Target>, Malformed> {
+/// The `targets` map of a `Targets` file, for a file whose signatures were checked (only
+/// that member of `signed` is built).
+pub fn targets(env: &Envelope) -> Result<Vec<Target>, Malformed> {
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        targets: Option<Value>,
+    }
     check_type(env, "Targets")?;
-    let Some(Value::Object(map)) = env.signed.remove("targets") else {
+    let Some(Value::Object(map)) = env.signed_as::<Signed>()?.targets else {
         return Err(bad("no `signed.targets` object"));
     };
     map.into_iter()
@@ -388,8 +651,8 @@ pub struct BundleIndex {
 }
 
 pub fn bundle_index(env: &Envelope) -> Result<BundleIndex, Malformed> {
-    let b = env
-        .signed
+    let signed = env.signed_map()?;
+    let b = signed
         .get("x-fio-offline-bundle")
         .and_then(Value::as_object)
         .ok_or_else(|| bad("no `signed.x-fio-offline-bundle` object"))?;

@@ -7,6 +7,7 @@
 pub mod canonical;
 pub mod keys;
 pub mod meta;
+pub mod strict;
 pub mod verify;
 
 pub use meta::{now_utc, BundleIndex, Envelope, Root, Target};
