@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::check::Request;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::media::{self, Mount, Stick};
+use crate::medium::{Held, Medium};
 use crate::policy::Policy;
 use crate::state::{write_atomic, State};
 use crate::status::{Feedback, Pattern, Report};
@@ -54,27 +55,37 @@ impl Ctx {
 /// `agent handle DEVNODE`: one stick, the whole flow. Returns the code of what was done
 /// (`install`'s, or `run`'s after an apps-only update).
 pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
+    handle_medium(sources, &Medium::Device(devnode.to_path_buf()))
+}
+
+/// One medium, whoever mounted it: the flow of `agent handle`, for `agent watch`'s udev
+/// sticks and its `watch_dirs` media alike.
+pub fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> {
     let mut ctx = Ctx::load(sources)?;
-    let stick = Stick::probe(devnode)?;
+    let stick = match medium {
+        Medium::Device(devnode) => Stick::probe(devnode)?,
+        Medium::Mounted(root) => crate::medium::stick_of_mount(root)?,
+    };
     if let Err(why) = stick.accept(&ctx.policy.media) {
         tracing::info!("ignored: {why}");
-        ctx.fb
-            .step(&format!("ignored {}: {why}", devnode.display()));
+        ctx.fb.step(&format!("ignored {medium}: {why}"));
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
     ctx.fb.step(&format!(
-        "stick {} ({}) inserted: do not remove it",
+        "stick {} ({medium}) inserted: do not remove it",
         display_label(&stick),
-        devnode.display()
     ));
-    let mount = match Mount::mount(&stick, &ctx.policy.agent.run_dir) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.fb.pattern(Pattern::Error);
-            ctx.fb.step(&format!("error: {}", e.one_line()));
-            return Err(e);
-        }
+    let held = match medium {
+        Medium::Device(_) => match Mount::mount(&stick, &ctx.policy.agent.run_dir) {
+            Ok(m) => Held::Ours(m),
+            Err(e) => {
+                ctx.fb.pattern(Pattern::Error);
+                ctx.fb.step(&format!("error: {}", e.one_line()));
+                return Err(e);
+            }
+        },
+        Medium::Mounted(root) => Held::Theirs(root.clone()),
     };
     crate::failpoint::hit("agent-mounted");
     let mut report = Report {
@@ -84,11 +95,11 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
         ..Report::default()
     };
     let started = Instant::now();
-    let outcome = on_stick(&mut ctx, &stick, &mount, &mut report);
+    let outcome = on_stick(&mut ctx, &stick, held.path(), &mut report);
     report
         .durations
         .insert("total".into(), started.elapsed().as_secs_f64());
-    finish(&mut ctx, &stick, mount, report, outcome)
+    finish(&mut ctx, &stick, held, report, outcome)
 }
 
 /// What to do after the stick is released.
@@ -106,10 +117,10 @@ struct Outcome {
     then: Then,
 }
 
-fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) -> Result<Outcome> {
-    let bundle = media::find_bundle(mount.path(), ctx.policy.media.bundle.as_deref())?;
+fn on_stick(ctx: &mut Ctx, stick: &Stick, root: &Path, report: &mut Report) -> Result<Outcome> {
+    let bundle = media::find_bundle(root, ctx.policy.media.bundle.as_deref())?;
     report.bundle = bundle
-        .strip_prefix(mount.path())
+        .strip_prefix(root)
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     // tuf/ is read once, here: the signature, the fingerprint and install's TUF checks are
@@ -256,7 +267,7 @@ fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outco
 fn finish(
     ctx: &mut Ctx,
     stick: &Stick,
-    mount: Mount,
+    held: Held,
     mut report: Report,
     outcome: Result<Outcome>,
 ) -> Result<Code> {
@@ -279,14 +290,14 @@ fn finish(
     if ctx.policy.agent.report && !matches!(then, Then::NothingKeepReport) {
         crate::failpoint::pause("write-report");
         let log = ctx.fb.lines();
-        let written = mount.with_writable(|root| crate::status::write_report(root, &report, &log));
+        let written = held.with_writable(|root| crate::status::write_report(root, &report, &log));
         match written {
             Ok(p) => tracing::info!("report written to {}", p.display()),
             Err(e) => tracing::warn!("no report on the stick {}: {e:#}", stick.uuid),
         }
         crate::failpoint::hit("agent-report-written");
     }
-    if let Err(e) = mount.unmount() {
+    if let Err(e) = held.release() {
         tracing::warn!("unmounting {}: {}", stick.devnode.display(), e.one_line());
     }
     let failed =
@@ -362,54 +373,11 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     Ok(out.code)
 }
 
-/// `agent watch`: handle every stick udev announces (and every bundle that appears in an
-/// automount directory), for systems without systemd and for the demo. Runs until killed.
+/// `agent watch`: every stick udev announces and every medium mounted under `[media]
+/// watch_dirs`, each through [`handle_medium`], for systems without systemd and for the
+/// demo. Runs until killed.
 pub fn watch(sources: &Sources) -> Result<()> {
-    let ctx = Ctx::load(sources)?;
-    let mut monitor = media::Monitor::new()?;
-    let mut dirs = if ctx.policy.media.watch_dirs.is_empty() {
-        None
-    } else {
-        Some(media::DirWatch::new(&ctx.policy.media.watch_dirs)?)
-    };
-    tracing::info!("watching udev for sticks");
-    loop {
-        if let Some(devnode) = monitor.next(Duration::from_millis(500))? {
-            let sources = sources.clone();
-            // A second stick while one installs must get its "busy", not wait in line.
-            std::thread::spawn(move || {
-                if let Err(e) = handle(&sources, &devnode) {
-                    tracing::warn!("{}: {}", devnode.display(), e.one_line());
-                }
-            });
-        }
-        if let Some(w) = dirs.as_mut() {
-            if let Some(root) = w.next(Duration::from_millis(10))? {
-                let bundle = match media::find_bundle(&root, ctx.policy.media.bundle.as_deref()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("{}: {}", root.display(), e.one_line());
-                        continue;
-                    }
-                };
-                tracing::info!(
-                    "bundle in {}: not ours to mount; installing",
-                    bundle.display()
-                );
-                let req = Request {
-                    config: sources.config.clone(),
-                    policy: sources.policy.clone(),
-                    src_dir: bundle,
-                    target: None,
-                    force: false,
-                    progress: None,
-                    metadata: None,
-                };
-                let (r, _) = crate::install::install(&req);
-                tracing::info!("install returned {}", r.exit_code);
-            }
-        }
-    }
+    crate::medium::watch(sources)
 }
 
 fn run_command(argv: &[String], what: &str) -> Result<()> {

@@ -8,6 +8,7 @@
 //! - [`device`]: who the device is: hardware id, tags, type, trusted roots, running target;
 //! - [`tuf`]: the Foundries TUF flavour: canonical JSON, keys, metadata, chain verification;
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
+//! - [`tufdir`]: the bundle's `tuf/`, read once for the operator signature and TUF;
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
@@ -19,6 +20,7 @@
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
+//! - [`medium`]: one flow for every medium (ours to mount or another program's), `agent watch`;
 //! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
 //! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
@@ -42,6 +44,7 @@ pub mod gen;
 pub mod install;
 pub mod lock;
 pub mod media;
+pub mod medium;
 pub mod ostree;
 pub mod phase;
 pub mod policy;

@@ -390,6 +390,8 @@ pub struct Monitor {
     ready: VecDeque<PathBuf>,
     /// Devnode -> the filesystem uuid last announced on it.
     known: std::collections::HashMap<PathBuf, String>,
+    /// Devnodes whose filesystem went away since [`Monitor::take_gone`] was last called.
+    gone: Vec<PathBuf>,
 }
 
 impl Monitor {
@@ -414,6 +416,7 @@ impl Monitor {
             events,
             ready,
             known: std::collections::HashMap::new(),
+            gone: Vec::new(),
         })
     }
 
@@ -440,6 +443,7 @@ impl Monitor {
                 ) {
                     (udev::EventType::Remove, ..) | (_, false, _) => {
                         self.known.remove(&node);
+                        self.gone.push(node);
                     }
                     (udev::EventType::Add, true, uuid) => {
                         self.known.insert(node.clone(), uuid.unwrap_or_default());
@@ -469,6 +473,14 @@ impl Monitor {
                 _ => {}
             }
         }
+    }
+}
+
+impl Monitor {
+    /// The devnodes whose filesystem went away (removed, or the medium taken out of a
+    /// reader) since the last call.
+    pub fn take_gone(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.gone)
     }
 }
 
