@@ -26,7 +26,8 @@
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
-//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
+//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks);
+//! - [`fuzzing`]: the checks of the metadata, signature and OCI fuzz targets (also run by tests).
 
 pub mod agent;
 pub mod apps;
@@ -40,6 +41,7 @@ pub mod device;
 pub mod error;
 pub mod failpoint;
 pub mod finalize;
+pub mod fuzzing;
 pub mod gen;
 pub mod install;
 pub mod lock;

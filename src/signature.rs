@@ -119,7 +119,7 @@ pub fn read_tuf(bundle: &Bundle, policy: &SignaturePolicy) -> Result<SignedTuf> 
 /// The signed manifest of `bundle`, its key trusted and its signature valid.
 pub fn load(bundle: &Bundle, policy: &SignaturePolicy) -> Result<Option<Manifest>> {
     let path = bundle.path().join(FILE);
-    let Some(file) = read_sig_file(bundle, &path)? else {
+    let Some(bytes) = read_sig_file(bundle, &path)? else {
         if policy.required {
             return Err(Error::signature(format!(
                 "the policy requires an operator signature ({}) and there is none",
@@ -128,6 +128,25 @@ pub fn load(bundle: &Bundle, policy: &SignaturePolicy) -> Result<Option<Manifest
         }
         return Ok(None);
     };
+    check_file(&bytes, policy, &path).map(Some)
+}
+
+/// The manifest that the signature file `bytes` (named `path` in messages) carries, once
+/// its key is trusted by `policy` and its signature verified; every refusal is 105.
+pub fn check_file(bytes: &[u8], policy: &SignaturePolicy, path: &Path) -> Result<Manifest> {
+    let file: SigFile = serde_json::from_slice(bytes).map_err(|e| {
+        Error::signature(format!(
+            "{} is not an operator signature file: {e}",
+            path.display()
+        ))
+    })?;
+    if file.version != VERSION {
+        return Err(Error::signature(format!(
+            "{}: version {} is not one this build knows ({VERSION})",
+            path.display(),
+            file.version
+        )));
+    }
     let bad =
         |what: String| Error::signature(format!("operator signature {}: {what}", path.display()));
     let key_bytes: [u8; 32] = decode_hex(&file.key)
@@ -167,19 +186,31 @@ pub fn load(bundle: &Bundle, policy: &SignaturePolicy) -> Result<Option<Manifest
                 i + 1
             )));
         };
-        entries.insert(name.to_string(), (hash.to_ascii_lowercase(), size));
+        if entries
+            .insert(name.to_string(), (hash.to_ascii_lowercase(), size))
+            .is_some()
+        {
+            return Err(bad(format!(
+                "tuf/{name} is listed twice in the signed manifest"
+            )));
+        }
     }
-    Ok(Some(Manifest {
-        path,
+    Ok(Manifest {
+        path: path.to_path_buf(),
         key: key_hex,
         entries,
-    }))
+    })
 }
 
 impl Manifest {
     /// The signer's public key (lowercase hex).
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// What was signed: name -> (sha256 hex, size).
+    pub fn entries(&self) -> &BTreeMap<String, (String, u64)> {
+        &self.entries
     }
 
     fn refused(&self, what: String) -> Error {
@@ -228,8 +259,8 @@ impl Manifest {
 }
 
 /// `None` when there is no signature file. A file that cannot be what it claims (a symlink,
-/// not a regular file, too large, not the format) is a failed claim: 105.
-fn read_sig_file(bundle: &Bundle, path: &Path) -> Result<Option<SigFile>> {
+/// not a regular file, too large) is a failed claim: 105.
+fn read_sig_file(bundle: &Bundle, path: &Path) -> Result<Option<Vec<u8>>> {
     let opened = bundle.open_file(FILE).map_err(|e| match e.code() {
         Code::InvalidBundle => Error::signature(e.one_line()),
         _ => e,
@@ -249,20 +280,7 @@ fn read_sig_file(bundle: &Bundle, path: &Path) -> Result<Option<SigFile>> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    let file: SigFile = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::signature(format!(
-            "{} is not an operator signature file: {e}",
-            path.display()
-        ))
-    })?;
-    if file.version != VERSION {
-        return Err(Error::signature(format!(
-            "{}: version {} is not one this build knows ({VERSION})",
-            path.display(),
-            file.version
-        )));
-    }
-    Ok(Some(file))
+    Ok(Some(bytes))
 }
 
 fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -595,7 +613,11 @@ mod tests {
                 manifest: m,
             };
             fs::write(r.bundle.join(FILE), serde_json::to_vec(&file).unwrap()).unwrap();
-            r.refused(&r.policy(), "line 1 of the signed manifest is not");
+            let want = match bad.lines().count() {
+                1 => "line 1 of the signed manifest is not",
+                _ => "tuf/a is listed twice in the signed manifest",
+            };
+            r.refused(&r.policy(), want);
         }
     }
 
