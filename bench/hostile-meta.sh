@@ -12,29 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-5}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. bench/lib.sh
+trap bench_cleanup EXIT
 
-cargo build --release --quiet --bin usb-update --example make-bundle
-bin=$PWD/target/release/usb-update
+bench_build
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-target/release/examples/make-bundle --out "$work/valid" --targets 1000 --rotations 3 \
+"$make_bundle" --out "$work/valid" --targets 1000 --rotations 3 \
   --device-root-dir "$work/tuf" --device-roots 1 >/dev/null
-mkdir -p "$work/conf" "$work/policy" "$work/signed-policy" "$work/var" "$work/sysroot"
+mkdir -p "$work/policy" "$work/signed-policy" "$work/sysroot"
 ostree admin init-fs --modern "$work/sysroot" >/dev/null 2>&1
 ostree admin os-init --sysroot="$work/sysroot" lmp >/dev/null
-cat >"$work/conf/sota.toml" <<TOML
-[provision]
-primary_ecu_hardware_id = "intel-corei7-64"
-[pacman]
-type = "ostree"
-sysroot = "$work/sysroot"
-booted = "staged"
-tags = "devel"
-[storage]
-path = "$work/var"
-uptane_metadata_path = "$work/tuf"
-TOML
+sota_toml "$work/conf/sota.toml" "$work/sysroot" "$work/var" "$work/tuf" ostree
 
 # Each hostile case is a bundle of tuf/ only: every one is refused before content matters.
 case_dir() { mkdir -p "$work/$1"; cp -a "$work/valid/tuf" "$work/$1/tuf"; echo "$work/$1/tuf"; }

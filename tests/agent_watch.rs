@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::agent_rig::{error_led, stick_with, Rig};
 use common::apps::{app, T};
+use common::attack::{operator_key, sign_bundle};
 use common::scene::{deployments, state};
 
 /// `usb-update agent watch` in the background; its log lines (stderr, ours alone) come
@@ -131,40 +132,14 @@ impl Drop for Automounted {
     }
 }
 
-fn operator_key(dir: &Path) -> (PathBuf, String) {
-    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey as _};
-    let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
-    let pem = dir.join("operator.pem");
-    std::fs::write(
-        &pem,
-        signing.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    (pem, hex::encode(signing.verifying_key().as_bytes()))
-}
-
 #[test]
 fn watched_media_go_through_the_whole_flow_and_each_insertion_once() {
     let mut r = Rig::new();
     let f = r.s.f.name.clone();
     let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
     let media = r.root.join("media");
-    let (pem, public) = operator_key(&r.root);
-    // aktualizr-lite "runs": a systemctl that logs its calls and says the unit is active.
-    let systemctl = r.root.join("systemctl");
-    std::fs::write(
-        &systemctl,
-        format!(
-            "#!/bin/sh\necho \"systemctl $*\" >> {}\n",
-            r.root.join("actions").display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&systemctl)
-        .status()
-        .unwrap();
+    let (pem, public) = operator_key(&r.root, 9);
+    let systemctl = r.fake_systemctl();
     std::fs::write(
         r.s.d.policy.join("40-watch.toml"),
         format!(
@@ -178,17 +153,7 @@ fn watched_media_go_through_the_whole_flow_and_each_insertion_once() {
     .unwrap();
     // Both sticks exist before the watch starts: only the "automounter" brings them.
     let unsigned = stick_with(b.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .args(["bundle", "sign", "--key"])
-        .arg(&pem)
-        .arg(b.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sign_bundle(&pem, b.path());
     let signed = stick_with(b.path());
     let state_before = std::fs::read(r.s.d.state_dir().join("state.json")).ok();
 

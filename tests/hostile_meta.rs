@@ -10,31 +10,15 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::attack::{bundle, operator_key, refused, setup, sign_bundle};
 use common::scene::{deployments, scene};
 use common::{Device, Unchanged, HWID};
 use serde_json::{json, Value};
 use usb_update::gen::{self, to_bytes, write_bundle, write_content, BundleSpec, Factory};
 
-/// A bundle of version 2 for the default device; roots from 2 are carried.
-fn bundle(f: &Factory, dir: &Path, edit: impl FnOnce(&mut BundleSpec)) -> gen::Bundle {
-    let content = write_content(dir, &f.name, HWID, "2", &[]).unwrap();
-    let mut spec = BundleSpec::new(vec![gen::target_for(HWID, "2", &content)]);
-    spec.roots_from = 2;
-    edit(&mut spec);
-    write_bundle(f, &spec, dir).unwrap()
-}
-
-fn setup() -> (Factory, Device, tempfile::TempDir) {
-    let f = Factory::new().unwrap();
-    let d = Device::new(&f);
-    (f, d, tempfile::tempdir().unwrap())
-}
-
-#[track_caller]
-fn refused(d: &Device, b: &Path, code: i32, reason: &str) {
-    let before = Unchanged::new(d, b);
-    d.check(b, &[]).assert(code, reason);
-    before.assert();
+/// The length of `file`'s canonical form, as its pin states it.
+fn stated(b: &gen::Bundle, file: &str) -> usize {
+    to_bytes(&b.read(file).unwrap()).unwrap().len()
 }
 
 /// `tuf/<file>` with `insert` spliced in right after the first occurrence of `after`.
@@ -60,11 +44,10 @@ fn a_duplicate_signed_member_in_front_of_the_real_one_is_refused() {
              (a JSON object must not name a member twice)"
         )
     };
-    let stated = |file: &str| to_bytes(&bb.read(file).unwrap()).unwrap().len();
     let longer = |file: &str, by: &str| {
         format!(
             "{file}: longer than the {} bytes that {by} states for it",
-            stated(file)
+            stated(&bb, file)
         )
     };
     for (file, code, reason) in [
@@ -154,7 +137,7 @@ fn install_stores_the_canonical_form_never_the_sticks_bytes() {
 fn targets_json_far_larger_than_the_snapshot_states_is_refused_unparsed() {
     let (f, d, b) = setup();
     let bb = bundle(&f, b.path(), |_| {});
-    let stated = to_bytes(&bb.read("targets.json").unwrap()).unwrap().len();
+    let stated = stated(&bb, "targets.json");
     // 16 MiB of tiny JSON values, just under the file cap.
     let mut bomb = b"[".to_vec();
     bomb.extend(b"0,".repeat(((16 << 20) - 16) / 2));
@@ -172,7 +155,7 @@ fn targets_json_far_larger_than_the_snapshot_states_is_refused_unparsed() {
 fn snapshot_json_far_larger_than_the_timestamp_states_is_refused_unparsed() {
     let (f, d, b) = setup();
     let bb = bundle(&f, b.path(), |_| {});
-    let stated = to_bytes(&bb.read("snapshot.json").unwrap()).unwrap().len();
+    let stated = stated(&bb, "snapshot.json");
     let objects = vec!["{\"a\":0}"; 120_000].join(",");
     std::fs::write(bb.tuf_file("snapshot.json"), format!("[{objects}]")).unwrap();
     refused(
@@ -187,7 +170,7 @@ fn snapshot_json_far_larger_than_the_timestamp_states_is_refused_unparsed() {
 fn a_canonical_form_beyond_the_stated_length_stops_the_parse() {
     let (f, d, b) = setup();
     let bb = bundle(&f, b.path(), |_| {});
-    let stated = to_bytes(&bb.read("targets.json").unwrap()).unwrap().len();
+    let stated = stated(&bb, "targets.json");
     // Within the room left for pretty-printing, but not canonically the stated length.
     splice(
         &bb,
@@ -238,43 +221,22 @@ fn a_tuf_directory_with_too_many_names_is_refused() {
     );
 }
 
-/// An operator key (PKCS#8 PEM) and its public half in hex.
-fn operator_key(dir: &Path) -> (std::path::PathBuf, String) {
-    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey as _};
-    let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let pem = dir.join("operator.pem");
-    std::fs::write(
-        &pem,
-        signing.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    (pem, hex::encode(signing.verifying_key().as_bytes()))
-}
-
-fn sign(pem: &Path, bundle: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .args(["bundle", "sign", "--key"])
-        .arg(pem)
-        .arg(bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A policy that requires an operator signature by a key made in `dir`: its PEM and hex.
+fn require_signature(d: &Device, dir: &Path) -> (std::path::PathBuf, String) {
+    let (pem, public) = operator_key(dir, 7);
+    d.set_policy(&format!(
+        "[signature]\nrequired = true\ntrusted_keys = [\"{public}\"]\n"
+    ));
+    (pem, public)
 }
 
 #[test]
 fn tuf_is_read_once_and_both_checks_judge_the_same_bytes() {
     let (f, d, b) = setup();
     let keys = tempfile::tempdir().unwrap();
-    let (pem, public) = operator_key(keys.path());
-    d.set_policy(&format!(
-        "[signature]\nrequired = true\ntrusted_keys = [\"{public}\"]\n"
-    ));
+    let (pem, public) = require_signature(&d, keys.path());
     bundle(&f, b.path(), |_| {});
-    sign(&pem, b.path());
+    sign_bundle(&pem, b.path());
     // Another valid bundle (version 3), never signed by the operator.
     let other = tempfile::tempdir().unwrap();
     let content = write_content(b.path(), &f.name, HWID, "3", &[]).unwrap();
@@ -343,12 +305,9 @@ fn tuf_is_read_once_and_both_checks_judge_the_same_bytes() {
 fn a_huge_sparse_file_in_signed_tuf_is_refused_by_its_size_before_any_hashing() {
     let (f, d, b) = setup();
     let keys = tempfile::tempdir().unwrap();
-    let (pem, public) = operator_key(keys.path());
-    d.set_policy(&format!(
-        "[signature]\nrequired = true\ntrusted_keys = [\"{public}\"]\n"
-    ));
+    let (pem, _) = require_signature(&d, keys.path());
     let bb = bundle(&f, b.path(), |_| {});
-    sign(&pem, b.path());
+    sign_bundle(&pem, b.path());
     let signed = std::fs::metadata(bb.tuf_file("targets.json"))
         .unwrap()
         .len();

@@ -71,6 +71,11 @@ impl Rig {
         faults::spawn_paused(cmd, point, &self.root.join("paused"))
     }
 
+    /// [`fake_systemctl`] for this rig.
+    pub fn fake_systemctl(&self) -> PathBuf {
+        fake_systemctl(&self.root)
+    }
+
     pub fn actions(&self) -> String {
         std::fs::read_to_string(self.root.join("actions")).unwrap_or_default()
     }
@@ -106,6 +111,27 @@ impl Rig {
             .read(&name)
             .map(|b| serde_json::from_slice(&b).expect("report"))
     }
+}
+
+/// A systemctl in `root` that logs its calls to `root/actions` and says every unit is
+/// active: aktualizr-lite "runs". Returns its path.
+pub fn fake_systemctl(root: &Path) -> PathBuf {
+    let systemctl = root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> {}\n",
+            root.join("actions").display()
+        ),
+    )
+    .expect("systemctl");
+    let st = Command::new("chmod")
+        .arg("+x")
+        .arg(&systemctl)
+        .status()
+        .expect("chmod");
+    assert!(st.success());
+    systemctl
 }
 
 /// The LED patterns of the README.
