@@ -119,5 +119,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         [&[0u8, 3][..], &signed_file(&manifest)].concat(),
         [&[1u8, 3][..], tampered.as_bytes()].concat(),
         [&[0u8, 1][..], b"{\"version\":1}"].concat(),
+        // Found by the fuzzer: serde_json quotes an unknown member's name, newline and all.
+        [&[0u8, 3][..], b"{\"manife\nx\":1}"].concat(),
     ]
 }
