@@ -132,8 +132,6 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         .clone()
         .unwrap_or_else(|| device.tags.clone());
     let bundle = Bundle::open(&req.src_dir)?;
-    // Fault tests pull the stick here, before any TUF file is read.
-    crate::failpoint::pause("read-metadata");
     let metadata = match &req.metadata {
         Some(m) => m.clone(),
         None => std::sync::Arc::new(crate::signature::read_tuf(&bundle, &policy.signature)?),

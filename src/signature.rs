@@ -11,9 +11,9 @@
 //! hole. The file is JSON: `{"version":1,"key":"<64 hex>","manifest":"...",
 //! "signature":"<128 hex>"}`, the signature over the manifest's bytes.
 //!
-//! The signature file is checked first (trusted key, valid signature); then `tuf/` is read
-//! once ([`TufDir::read`]) against the signed manifest: names, each size before its bytes
-//! are read, each hash after; TUF then verifies those same bytes.
+//! `tuf/` is listed, the signature file checked (trusted key, valid signature), then `tuf/`
+//! read once ([`TufDir::read_listed`]) against the signed manifest: names, each size before
+//! its bytes are read, each hash after; TUF then verifies those same bytes.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -108,8 +108,11 @@ pub struct SignedTuf {
 /// changed since) is refused even when signatures are not required: it claims something
 /// that is not true. Refusals are exit 105.
 pub fn read_tuf(bundle: &Bundle, policy: &SignaturePolicy) -> Result<SignedTuf> {
+    // Fault tests pull the stick here: the bundle is open, nothing of it read yet.
+    crate::failpoint::pause("read-metadata");
+    let names = TufDir::list(bundle)?;
     let manifest = load(bundle, policy)?;
-    let tuf = TufDir::read(bundle, manifest.as_ref())?;
+    let tuf = TufDir::read_listed(bundle, names, manifest.as_ref())?;
     Ok(SignedTuf {
         tuf,
         signer: manifest.map(|m| m.key),

@@ -27,6 +27,13 @@ pub struct TufDir {
     files: BTreeMap<String, Vec<u8>>,
 }
 
+fn hostile(bundle: &Bundle, rel: &str, what: &str) -> Error {
+    Error::invalid_bundle(format!(
+        "bundle {}: {rel} {what}: refused",
+        bundle.path().display()
+    ))
+}
+
 /// The cap of one file of `tuf/`.
 pub fn cap_of(name: &str) -> u64 {
     if name == "targets.json" {
@@ -50,12 +57,12 @@ impl TufDir {
     /// Read `tuf/` of `bundle`; with `manifest`, check it against the operator's signed
     /// manifest on the way (names, then sizes before reading, then hashes).
     pub fn read(bundle: &Bundle, manifest: Option<&Manifest>) -> Result<TufDir> {
-        let hostile = |rel: &str, what: &str| {
-            Error::invalid_bundle(format!(
-                "bundle {}: {rel} {what}: refused",
-                bundle.path().display()
-            ))
-        };
+        let names = Self::list(bundle)?;
+        Self::read_listed(bundle, names, manifest)
+    }
+
+    /// The names in `tuf/`, at most [`MAX_ENTRIES`], each printable UTF-8.
+    pub fn list(bundle: &Bundle) -> Result<Vec<String>> {
         let names = bundle.list_dir("tuf")?.ok_or_else(|| {
             Error::not_found(format!(
                 "bundle {}: tuf/ disappeared while it was read",
@@ -64,6 +71,7 @@ impl TufDir {
         })?;
         if names.len() > MAX_ENTRIES {
             return Err(hostile(
+                bundle,
                 "tuf/",
                 &format!(
                     "holds {} entries, more than the {MAX_ENTRIES} a bundle may have",
@@ -75,17 +83,28 @@ impl TufDir {
             // `list_dir` makes a name that is not UTF-8 lossy: U+FFFD marks it.
             if name.contains('\u{fffd}') {
                 return Err(hostile(
+                    bundle,
                     &format!("tuf/{name}"),
                     "has a name that is not UTF-8",
                 ));
             }
             if name.chars().any(char::is_control) {
                 return Err(hostile(
+                    bundle,
                     &format!("tuf/{}", name.escape_debug()),
                     "has a control character in its name",
                 ));
             }
         }
+        Ok(names)
+    }
+
+    /// Read the files `names` (from [`TufDir::list`]) of `tuf/`, checked against `manifest`.
+    pub fn read_listed(
+        bundle: &Bundle,
+        names: Vec<String>,
+        manifest: Option<&Manifest>,
+    ) -> Result<TufDir> {
         if let Some(m) = manifest {
             m.check_names(&names)?;
         }
@@ -101,7 +120,7 @@ impl TufDir {
                 let t = m.file_type();
                 t.is_fifo() || t.is_socket() || t.is_char_device() || t.is_block_device()
             }) {
-                return Err(hostile(&rel, "is not a regular file"));
+                return Err(hostile(bundle, &rel, "is not a regular file"));
             }
             let (f, len) = bundle.open_file(&rel)?.ok_or_else(|| {
                 Error::new(
