@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::check::Request;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
 use crate::media::{self, Mount, Stick};
+use crate::medium::{Held, Medium};
 use crate::policy::Policy;
 use crate::state::{write_atomic, State};
 use crate::status::{Feedback, Pattern, Report};
@@ -54,27 +55,37 @@ impl Ctx {
 /// `agent handle DEVNODE`: one stick, the whole flow. Returns the code of what was done
 /// (`install`'s, or `run`'s after an apps-only update).
 pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
+    handle_medium(sources, &Medium::Device(devnode.to_path_buf()))
+}
+
+/// One medium, whoever mounted it: the flow of `agent handle`, for `agent watch`'s udev
+/// sticks and its `watch_dirs` media alike.
+pub fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> {
     let mut ctx = Ctx::load(sources)?;
-    let stick = Stick::probe(devnode)?;
+    let stick = match medium {
+        Medium::Device(devnode) => Stick::probe(devnode)?,
+        Medium::Mounted(root) => crate::medium::stick_of_mount(root)?,
+    };
     if let Err(why) = stick.accept(&ctx.policy.media) {
         tracing::info!("ignored: {why}");
-        ctx.fb
-            .step(&format!("ignored {}: {why}", devnode.display()));
+        ctx.fb.step(&format!("ignored {medium}: {why}"));
         return Ok(Code::Ok);
     }
     ctx.fb.pattern(Pattern::Working);
     ctx.fb.step(&format!(
-        "stick {} ({}) inserted: do not remove it",
+        "stick {} ({medium}) inserted: do not remove it",
         display_label(&stick),
-        devnode.display()
     ));
-    let mount = match Mount::mount(&stick, &ctx.policy.agent.run_dir) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.fb.pattern(Pattern::Error);
-            ctx.fb.step(&format!("error: {}", e.one_line()));
-            return Err(e);
-        }
+    let held = match medium {
+        Medium::Device(_) => match Mount::mount(&stick, &ctx.policy.agent.run_dir) {
+            Ok(m) => Held::Ours(m),
+            Err(e) => {
+                ctx.fb.pattern(Pattern::Error);
+                ctx.fb.step(&format!("error: {}", e.one_line()));
+                return Err(e);
+            }
+        },
+        Medium::Mounted(root) => Held::Theirs(root.clone()),
     };
     crate::failpoint::hit("agent-mounted");
     let mut report = Report {
@@ -84,11 +95,11 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
         ..Report::default()
     };
     let started = Instant::now();
-    let outcome = on_stick(&mut ctx, &stick, &mount, &mut report);
+    let outcome = on_stick(&mut ctx, &stick, &held, &mut report);
     report
         .durations
         .insert("total".into(), started.elapsed().as_secs_f64());
-    finish(&mut ctx, &stick, mount, report, outcome)
+    finish(&mut ctx, &stick, held, report, outcome)
 }
 
 /// What to do after the stick is released.
@@ -106,16 +117,25 @@ struct Outcome {
     then: Then,
 }
 
-fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) -> Result<Outcome> {
+fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> Result<Outcome> {
+    let root = held.path();
     // Everything that reads the stick, up to the end of the install, runs under the
     // watchdog; what follows (Docker, the apps' health) has timeouts of its own.
-    let watchdog = arm_watchdog(&ctx.policy, &ctx.cfg, stick, mount);
-    let bundle = media::find_bundle(mount.path(), ctx.policy.media.bundle.as_deref())?;
+    let watchdog = arm_watchdog(&ctx.policy, &ctx.cfg, stick, held);
+    let bundle = media::find_bundle(root, ctx.policy.media.bundle.as_deref())?;
     report.bundle = bundle
-        .strip_prefix(mount.path())
+        .strip_prefix(root)
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let fingerprint = fingerprint(&bundle)?;
+    // tuf/ is read once, here: the signature, the fingerprint and install's TUF checks are
+    // all over these bytes.
+    let metadata = std::sync::Arc::new(crate::signature::read_tuf(
+        &crate::bundle::Bundle::open(&bundle)?,
+        &ctx.policy.signature,
+    )?);
+    let fingerprint = hex::encode(Sha256::digest(
+        metadata.tuf.get("timestamp.json").unwrap_or_default(),
+    ));
     let dir = ctx.cfg.state_dir();
     let mut seen = Seen::load(&dir);
     let boot_id = crate::ostree::boot_id(&ctx.cfg.pacman)?;
@@ -132,7 +152,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
             });
         }
     }
-    if let Some(key) = crate::signature::verify(&bundle, &ctx.policy.signature)? {
+    if let Some(key) = &metadata.signer {
         ctx.fb
             .step(&format!("operator signature by {key}: trusted"));
     }
@@ -152,6 +172,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, mount: &Mount, report: &mut Report) ->
         src_dir: bundle.clone(),
         target: None,
         force: false,
+        metadata: Some(metadata),
         progress: Some(crate::check::Progress(std::sync::Arc::new(
             move |what: &str, done: u64, total: u64| {
                 if let Ok(mut fb) = sink.lock() {
@@ -238,12 +259,13 @@ fn arm_watchdog(
     policy: &Policy,
     cfg: &Config,
     stick: &Stick,
-    mount: &Mount,
+    held: &Held,
 ) -> crate::watchdog::Watchdog {
     let policy = policy.clone();
     let cfg = cfg.clone();
     let devnode = stick.devnode.clone();
-    let at = mount.path().to_path_buf();
+    // Another program's mount is not ours to detach.
+    let ours = matches!(held, Held::Ours(_)).then(|| held.path().to_path_buf());
     crate::watchdog::arm(policy.agent.stall_timeout, move |idle| {
         let msg = format!(
             "no progress for {} s reading {} (the stick or its filesystem stopped \
@@ -255,7 +277,9 @@ fn arm_watchdog(
         fb.pattern(Pattern::Error);
         fb.step(&format!("error: {msg}"));
         Aklite::left_stopped(&policy).start(&policy, &cfg);
-        media::detach(&at);
+        if let Some(at) = &ours {
+            media::detach(at);
+        }
         fb.step("the stick can be removed");
         eprintln!("error: {msg}");
         std::process::exit(i32::from(Code::Copy.as_u8()));
@@ -295,7 +319,7 @@ fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outco
 fn finish(
     ctx: &mut Ctx,
     stick: &Stick,
-    mount: Mount,
+    held: Held,
     mut report: Report,
     outcome: Result<Outcome>,
 ) -> Result<Code> {
@@ -318,14 +342,14 @@ fn finish(
     if ctx.policy.agent.report && !matches!(then, Then::NothingKeepReport) {
         crate::failpoint::pause("write-report");
         let log = ctx.fb.lines();
-        let written = mount.with_writable(|root| crate::status::write_report(root, &report, &log));
+        let written = held.with_writable(|root| crate::status::write_report(root, &report, &log));
         match written {
             Ok(p) => tracing::info!("report written to {}", p.display()),
             Err(e) => tracing::warn!("no report on the stick {}: {e:#}", stick.uuid),
         }
         crate::failpoint::hit("agent-report-written");
     }
-    if let Err(e) = mount.unmount() {
+    if let Err(e) = held.release() {
         tracing::warn!("unmounting {}: {}", stick.devnode.display(), e.one_line());
     }
     let failed =
@@ -404,53 +428,11 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     Ok(out.code)
 }
 
-/// `agent watch`: handle every stick udev announces (and every bundle that appears in an
-/// automount directory), for systems without systemd and for the demo. Runs until killed.
+/// `agent watch`: every stick udev announces and every medium mounted under `[media]
+/// watch_dirs`, each through [`handle_medium`], for systems without systemd and for the
+/// demo. Runs until killed.
 pub fn watch(sources: &Sources) -> Result<()> {
-    let ctx = Ctx::load(sources)?;
-    let mut monitor = media::Monitor::new()?;
-    let mut dirs = if ctx.policy.media.watch_dirs.is_empty() {
-        None
-    } else {
-        Some(media::DirWatch::new(&ctx.policy.media.watch_dirs)?)
-    };
-    tracing::info!("watching udev for sticks");
-    loop {
-        if let Some(devnode) = monitor.next(Duration::from_millis(500))? {
-            let sources = sources.clone();
-            // A second stick while one installs must get its "busy", not wait in line.
-            std::thread::spawn(move || {
-                if let Err(e) = handle(&sources, &devnode) {
-                    tracing::warn!("{}: {}", devnode.display(), e.one_line());
-                }
-            });
-        }
-        if let Some(w) = dirs.as_mut() {
-            if let Some(root) = w.next(Duration::from_millis(10))? {
-                let bundle = match media::find_bundle(&root, ctx.policy.media.bundle.as_deref()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("{}: {}", root.display(), e.one_line());
-                        continue;
-                    }
-                };
-                tracing::info!(
-                    "bundle in {}: not ours to mount; installing",
-                    bundle.display()
-                );
-                let req = Request {
-                    config: sources.config.clone(),
-                    policy: sources.policy.clone(),
-                    src_dir: bundle,
-                    target: None,
-                    force: false,
-                    progress: None,
-                };
-                let (r, _) = crate::install::install(&req);
-                tracing::info!("install returned {}", r.exit_code);
-            }
-        }
-    }
+    crate::medium::watch(sources)
 }
 
 fn run_command(argv: &[String], what: &str) -> Result<()> {
@@ -589,15 +571,6 @@ impl Seen {
             retry,
         });
     }
-}
-
-/// Which bundle this is: its signed timestamp (a new bundle has a new one).
-fn fingerprint(bundle: &Path) -> Result<String> {
-    let b = crate::bundle::Bundle::open(bundle)?;
-    let bytes = b
-        .read_capped("tuf/timestamp.json", 1 << 20)?
-        .unwrap_or_default();
-    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 fn current_name(sources: &Sources) -> Option<String> {

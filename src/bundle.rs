@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Code, Error, Result};
 use crate::hostile_fs::{Kind, Problem, Refused, Tree};
-use crate::tuf::MetaSource;
 
 /// Largest `targets.json` we read (a factory with thousands of targets stays far below).
 pub const TARGETS_CAP: u64 = 16 << 20;
@@ -167,35 +166,6 @@ impl Bundle {
     }
 }
 
-impl MetaSource for Bundle {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let cap = if name == "targets.json" {
-            TARGETS_CAP
-        } else {
-            META_CAP
-        };
-        let rel = format!("tuf/{name}");
-        let out = self.read_capped(&rel, cap);
-        // bundle-targets.json problems are "invalid bundle metadata" (15), not 4.
-        match out {
-            Err(e) if name == "bundle-targets.json" && e.code() == Code::MetadataUpdate => {
-                Err(Error::invalid_bundle(e.one_line()))
-            }
-            other => other,
-        }
-    }
-
-    fn root_versions(&self) -> Result<Vec<u64>> {
-        let names = self.list_dir("tuf")?.unwrap_or_default();
-        Ok(names
-            .iter()
-            .filter_map(|n| n.strip_suffix(".root.json"))
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .filter_map(|n| n.parse().ok())
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,8 +192,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc/hostname", root.join("tuf/timestamp.json")).unwrap();
         std::os::unix::fs::symlink("../outside", root.join("tuf/snapshot.json")).unwrap();
         let b = Bundle::open(root).unwrap();
-        for name in ["timestamp.json", "snapshot.json"] {
-            let e = b.read(name).unwrap_err();
+        for name in ["tuf/timestamp.json", "tuf/snapshot.json"] {
+            let e = b.read_capped(name, META_CAP).unwrap_err();
             assert_eq!(e.code(), Code::InvalidBundle, "{name}");
             assert!(e.one_line().contains("symlink"), "{}", e.one_line());
         }
@@ -234,7 +204,7 @@ mod tests {
             "{}",
             e.one_line()
         );
-        assert!(b.read("targets.json").unwrap().is_none());
+        assert!(b.read_capped("tuf/targets.json", 10).unwrap().is_none());
     }
 
     #[test]
@@ -244,7 +214,9 @@ mod tests {
         std::fs::write(d.path().join("tuf/snapshot.json"), vec![b' '; 100]).unwrap();
         let b = Bundle::open(d.path()).unwrap();
         assert_eq!(
-            b.read("timestamp.json").unwrap_err().code(),
+            b.read_capped("tuf/timestamp.json", META_CAP)
+                .unwrap_err()
+                .code(),
             Code::InvalidBundle
         );
         let e = b.read_capped("tuf/snapshot.json", 99).unwrap_err();
@@ -286,7 +258,7 @@ mod tests {
                 e.one_line()
             );
         }
-        let e = b.read("timestamp.json").unwrap_err();
+        let e = b.read_capped("tuf/timestamp.json", META_CAP).unwrap_err();
         assert_eq!(e.code(), Code::InvalidBundle);
         let e = b.list_dir_capped("tuf", 20).unwrap_err();
         assert_eq!(e.code(), Code::InvalidBundle);
@@ -321,25 +293,11 @@ mod tests {
     }
 
     #[test]
-    fn root_versions_and_missing_tuf() {
+    fn missing_tuf() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(
             Bundle::open(d.path()).unwrap_err().code(),
             Code::MetadataNotFound
         );
-        std::fs::create_dir_all(d.path().join("tuf")).unwrap();
-        for n in [
-            "3.root.json",
-            "4.root.json",
-            "root.json",
-            "x.root.json",
-            "timestamp.json",
-        ] {
-            std::fs::write(d.path().join("tuf").join(n), b"{}").unwrap();
-        }
-        let b = Bundle::open(d.path()).unwrap();
-        let mut v = b.root_versions().unwrap();
-        v.sort();
-        assert_eq!(v, vec![3, 4]);
     }
 }

@@ -15,6 +15,7 @@ use crate::device::Device;
 use crate::error::{Code, Error, Result};
 use crate::policy::{decide, fmt_version, Decide, Policy};
 use crate::select::{self, Candidate, Selection};
+use crate::signature::SignedTuf;
 use crate::state::{InstalledTarget, State};
 use crate::tuf::verify::{BundleInfo, RoleInfo, RootStep};
 use crate::tuf::{self, BundleRules, Verified};
@@ -30,6 +31,9 @@ pub struct Request {
     pub force: bool,
     /// Where `install` reports the progress of its long copies (the agent's console).
     pub progress: Option<Progress>,
+    /// `tuf/` already read (and its signature checked) by the agent, which needs it before
+    /// `install` runs: the bundle's metadata is read once, whoever reads it.
+    pub metadata: Option<std::sync::Arc<SignedTuf>>,
 }
 
 /// A progress sink: `(what, done, total)`, called from the copying threads.
@@ -71,6 +75,8 @@ pub struct Report {
     /// What an operator must know besides the decision: aktualizr-lite's database not
     /// used, the running version unknown, a mirror not written yet.
     pub notes: Vec<String>,
+    /// The operator's key that signed the bundle, when it is signed.
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,14 +142,19 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         .clone()
         .unwrap_or_else(|| device.tags.clone());
     let bundle = Bundle::open(&req.src_dir)?;
-    // Fault tests pull the stick here, before any TUF file is read.
-    crate::failpoint::pause("read-metadata");
+    let metadata = match &req.metadata {
+        Some(m) => m.clone(),
+        None => std::sync::Arc::new(crate::signature::read_tuf(&bundle, &policy.signature)?),
+    };
+    report.signature = metadata.signer.clone();
+    // Tests swap the files on the stick here: nothing may read them again.
+    crate::failpoint::pause("verify-metadata");
     let rules = BundleRules {
         device_type: device.bundle_type(),
         allowed_tags: &allowed_tags,
         require_index: policy.update.require_bundle_targets,
     };
-    let verified = tuf::verify_bundle(&device.trust, &bundle, &rules, &tuf::now_utc())?;
+    let verified = tuf::verify_bundle(&device.trust, &metadata.tuf, &rules, &tuf::now_utc())?;
     report.roots = verified.roots.clone();
     report.timestamp = Some(verified.timestamp.clone());
     report.snapshot = Some(verified.snapshot.clone());
@@ -299,6 +310,9 @@ pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
         if let Some(i) = role {
             out.push(format!("{name}: v{} expires {}", i.version, i.expires));
         }
+    }
+    if let Some(key) = &r.signature {
+        out.push(format!("operator signature: by trusted key {key}"));
     }
     match (&r.bundle, r.timestamp.is_some()) {
         (Some(b), _) => out.push(format!(

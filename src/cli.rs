@@ -60,6 +60,7 @@ impl From<BundleArgs> for check::Request {
             target: b.target,
             force: b.force,
             progress: None,
+            metadata: None,
         }
     }
 }

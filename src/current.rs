@@ -39,10 +39,9 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
     let stored = State::tuf_dir(&cfg.state_dir()).join("targets.json");
     let targets = match std::fs::read(&stored) {
         Ok(bytes) => {
-            let mut env = Envelope::parse(&bytes)
+            let env = Envelope::parse(&bytes)
                 .map_err(|e| anyhow::anyhow!("stored {}: {e}", stored.display()))?;
-            meta::targets(&mut env)
-                .map_err(|e| anyhow::anyhow!("stored {}: {e}", stored.display()))?
+            meta::targets(&env).map_err(|e| anyhow::anyhow!("stored {}: {e}", stored.display()))?
         }
         Err(_) => Vec::new(),
     };

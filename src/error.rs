@@ -103,9 +103,38 @@ impl Error {
     /// The one-line reason shown to the operator (an anyhow chain is joined with ": ").
     pub fn one_line(&self) -> String {
         match self {
-            Error::Coded { msg, .. } => msg.clone(),
-            Error::Internal(e) => format!("{e:#}").replace('\n', " "),
+            Error::Coded { msg, .. } => escape_controls(msg),
+            Error::Internal(e) => escape_controls(&format!("{e:#}").replace('\n', " ")),
         }
+    }
+}
+
+/// `s` with its control characters escaped: whatever a message quotes from a stick (a
+/// name, a parser's complaint about its bytes), it stays one line on the console and in
+/// the report.
+fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_is_one_line_whatever_the_message_quotes() {
+        let e = Error::signature("unknown field `a\nb\r\u{1b}[2J`");
+        assert_eq!(e.one_line(), "unknown field `a\\nb\\r\\u{1b}[2J`");
+        let e = Error::Internal(anyhow::anyhow!("first\nsecond\tthird"));
+        assert_eq!(e.one_line(), "first second\\tthird");
+        assert_eq!(Error::copy("plain é").one_line(), "plain é");
     }
 }
 

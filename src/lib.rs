@@ -10,6 +10,7 @@
 //! - [`hostile_fs`]: the one way files on the stick are opened: beneath, no symlinks, no
 //!   blocking, regular files only, capped reads and listings;
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
+//! - [`tufdir`]: the bundle's `tuf/`, read once for the operator signature and TUF;
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
 //! - [`check`]: the `check` command: verification + selection + policy, as a report;
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
@@ -23,13 +24,15 @@
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
+//! - [`medium`]: one flow for every medium (ours to mount or another program's), `agent watch`;
 //! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
 //! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`watchdog`]: an update that makes no progress is ended, not left hanging;
 //! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
-//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks).
+//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks);
+//! - [`fuzzing`]: the checks of the metadata, signature and OCI fuzz targets (also run by tests).
 
 pub mod agent;
 pub mod aklite;
@@ -44,11 +47,13 @@ pub mod device;
 pub mod error;
 pub mod failpoint;
 pub mod finalize;
+pub mod fuzzing;
 pub mod gen;
 pub mod hostile_fs;
 pub mod install;
 pub mod lock;
 pub mod media;
+pub mod medium;
 pub mod ostree;
 pub mod phase;
 pub mod policy;
@@ -58,6 +63,7 @@ pub mod signature;
 pub mod state;
 pub mod status;
 pub mod tuf;
+pub mod tufdir;
 pub mod watchdog;
 
 pub use error::{Code, Error, Result};

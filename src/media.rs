@@ -119,6 +119,13 @@ impl Stick {
                 self.bus.as_deref().unwrap_or("none")
             ));
         }
+        if !policy.labels.is_empty() && !policy.labels.contains(&self.label) {
+            return Err(format!(
+                "{name}: label {:?} is not one of [media] labels ({})",
+                self.label,
+                policy.labels.join(", ")
+            ));
+        }
         // Not `removable`: many USB flash drives and SSD enclosures report removable=0.
         Ok(())
     }
@@ -435,6 +442,8 @@ pub struct Monitor {
     ready: VecDeque<PathBuf>,
     /// Devnode -> the filesystem uuid last announced on it.
     known: std::collections::HashMap<PathBuf, String>,
+    /// Devnodes whose filesystem went away since [`Monitor::take_gone`] was last called.
+    gone: Vec<PathBuf>,
 }
 
 impl Monitor {
@@ -459,6 +468,7 @@ impl Monitor {
             events,
             ready,
             known: std::collections::HashMap::new(),
+            gone: Vec::new(),
         })
     }
 
@@ -485,6 +495,7 @@ impl Monitor {
                 ) {
                     (udev::EventType::Remove, ..) | (_, false, _) => {
                         self.known.remove(&node);
+                        self.gone.push(node);
                     }
                     (udev::EventType::Add, true, uuid) => {
                         self.known.insert(node.clone(), uuid.unwrap_or_default());
@@ -514,6 +525,14 @@ impl Monitor {
                 _ => {}
             }
         }
+    }
+}
+
+impl Monitor {
+    /// The devnodes whose filesystem went away (removed, or the medium taken out of a
+    /// reader) since the last call.
+    pub fn take_gone(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.gone)
     }
 }
 
@@ -724,6 +743,24 @@ mod tests {
         assert_eq!(mount_name(""), "stick");
         assert_eq!(mount_name(&"f".repeat(300)), "f".repeat(64));
         assert_eq!(mount_name("é"), "_");
+    }
+
+    #[test]
+    fn accept_follows_the_labels() {
+        let policy = MediaPolicy {
+            labels: vec!["USBUPDATE".into(), "UPDATE".into()],
+            ..MediaPolicy::default()
+        };
+        assert_eq!(stick("vfat", Some("usb"), true).accept(&policy), Ok(()));
+        let mut other = stick("vfat", Some("usb"), true);
+        other.label = "PHOTOS".into();
+        assert_eq!(
+            other.accept(&policy),
+            Err(
+                "/dev/sdb1: label \"PHOTOS\" is not one of [media] labels (USBUPDATE, UPDATE)"
+                    .into()
+            )
+        );
     }
 
     #[test]

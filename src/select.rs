@@ -106,8 +106,8 @@ fn device_apps(t: &Target, rules: &Rules) -> BTreeMap<String, String> {
 fn mismatch(t: &Target, rules: &Rules) -> Option<(Code, String)> {
     let no = |m: String| Some((Code::NoMatchingTarget, m));
     if t.target_format() != Some("OSTREE") {
-        let f = t.target_format().unwrap_or("missing");
-        return no(format!("targetFormat is {f:?}, not \"OSTREE\""));
+        let f = t.describe_custom("targetFormat");
+        return no(format!("targetFormat is {f}, not \"OSTREE\""));
     }
     let hw = t.hardware_ids();
     if hw != [rules.hwid] {
@@ -124,10 +124,13 @@ fn mismatch(t: &Target, rules: &Rules) -> Option<(Code, String)> {
         ));
     }
     if t.version().is_none() {
-        let v = t.version_str().unwrap_or("missing");
-        return no(format!(
-            "custom.version {v:?} is not a plain decimal number"
-        ));
+        return no(match t.version_str() {
+            Some(v) => format!("custom.version {v:?} is not a plain decimal number"),
+            None => format!(
+                "custom.version is {}, not a string holding a plain decimal number",
+                t.describe_custom("version")
+            ),
+        });
     }
     if let Some(app) = t.apps().keys().find(|a| !valid_name(a)) {
         return Some((

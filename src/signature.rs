@@ -10,10 +10,14 @@
 //! device node) is refused rather than skipped: an unsigned file next to signed ones is a
 //! hole. The file is JSON: `{"version":1,"key":"<64 hex>","manifest":"...",
 //! "signature":"<128 hex>"}`, the signature over the manifest's bytes.
+//!
+//! `tuf/` is listed, the signature file checked (trusted key, valid signature), then `tuf/`
+//! read once ([`TufDir::read_listed`]) against the signed manifest: names, each size before
+//! its bytes are read, each hash after; TUF then verifies those same bytes.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{ErrorKind, Read as _};
+use std::fs;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -22,8 +26,10 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use crate::bundle::Bundle;
+use crate::error::{Code, Error, Result};
 use crate::policy::SignaturePolicy;
+use crate::tufdir::TufDir;
 
 pub const FILE: &str = "usb-update.sig";
 /// The format this build writes and reads.
@@ -51,7 +57,9 @@ pub fn sign(key: &Path, bundle_dir: &Path) -> anyhow::Result<PathBuf> {
             key.display()
         )
     })?;
-    let manifest = manifest(bundle_dir)?;
+    let bundle = Bundle::open(bundle_dir).map_err(|e| anyhow::anyhow!(e.one_line()))?;
+    let tuf = TufDir::read(&bundle, None).map_err(|e| anyhow::anyhow!(e.one_line()))?;
+    let manifest = manifest(&tuf);
     let file = SigFile {
         version: VERSION,
         key: hex::encode(signing.verifying_key().as_bytes()),
@@ -65,14 +73,56 @@ pub fn sign(key: &Path, bundle_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Checks the bundle's operator signature against the policy. `Ok(None)`: there is none and
-/// none is required; `Ok(Some(key))`: signed by that trusted key (lowercase hex). A file that
-/// is there but fails (untrusted key, bad signature, `tuf/` changed since) is refused even
-/// when signatures are not required: it claims something that is not true. Refusals are
-/// exit 105.
-pub fn verify(bundle_dir: &Path, policy: &SignaturePolicy) -> Result<Option<String>> {
-    let path = bundle_dir.join(FILE);
-    let Some(file) = read_sig_file(&path)? else {
+/// The manifest of a `tuf/` (see the module doc): the same bytes for the same files
+/// whoever computes it.
+pub fn manifest(tuf: &TufDir) -> String {
+    tuf.files()
+        .map(|(name, bytes)| {
+            format!(
+                "{}  {}  tuf/{name}\n",
+                hex::encode(Sha256::digest(bytes)),
+                bytes.len()
+            )
+        })
+        .collect()
+}
+
+/// The manifest an operator signed, once its signature held: name -> (sha256, size).
+#[derive(Debug)]
+pub struct Manifest {
+    path: PathBuf,
+    key: String,
+    entries: BTreeMap<String, (String, u64)>,
+}
+
+/// `tuf/` as read once, and who signed it.
+#[derive(Debug, Default)]
+pub struct SignedTuf {
+    pub tuf: TufDir,
+    /// The operator's key (lowercase hex); `None`: no signature, and none required.
+    pub signer: Option<String>,
+}
+
+/// Reads `tuf/` of `bundle` once, checked against the operator signature as the policy
+/// says. A signature file that is there but fails (untrusted key, bad signature, `tuf/`
+/// changed since) is refused even when signatures are not required: it claims something
+/// that is not true. Refusals are exit 105.
+pub fn read_tuf(bundle: &Bundle, policy: &SignaturePolicy) -> Result<SignedTuf> {
+    // Fault tests pull the stick here: the bundle is open, nothing of it read yet.
+    crate::failpoint::pause("read-metadata");
+    let names = TufDir::list(bundle)?;
+    let manifest = load(bundle, policy)?;
+    let tuf = TufDir::read_listed(bundle, names, manifest.as_ref())?;
+    Ok(SignedTuf {
+        tuf,
+        signer: manifest.map(|m| m.key),
+    })
+}
+
+/// The signed manifest of `bundle`, its key trusted and its signature valid.
+pub fn load(bundle: &Bundle, policy: &SignaturePolicy) -> Result<Option<Manifest>> {
+    let path = bundle.path().join(FILE);
+    let Some(bytes) = read_sig_file(bundle, &path)? else {
         if policy.required {
             return Err(Error::signature(format!(
                 "the policy requires an operator signature ({}) and there is none",
@@ -81,6 +131,25 @@ pub fn verify(bundle_dir: &Path, policy: &SignaturePolicy) -> Result<Option<Stri
         }
         return Ok(None);
     };
+    check_file(&bytes, policy, &path).map(Some)
+}
+
+/// The manifest that the signature file `bytes` (named `path` in messages) carries, once
+/// its key is trusted by `policy` and its signature verified; every refusal is 105.
+pub fn check_file(bytes: &[u8], policy: &SignaturePolicy, path: &Path) -> Result<Manifest> {
+    let file: SigFile = serde_json::from_slice(bytes).map_err(|e| {
+        Error::signature(format!(
+            "{} is not an operator signature file: {e}",
+            path.display()
+        ))
+    })?;
+    if file.version != VERSION {
+        return Err(Error::signature(format!(
+            "{}: version {} is not one this build knows ({VERSION})",
+            path.display(),
+            file.version
+        )));
+    }
     let bad =
         |what: String| Error::signature(format!("operator signature {}: {what}", path.display()));
     let key_bytes: [u8; 32] = decode_hex(&file.key)
@@ -102,165 +171,119 @@ pub fn verify(bundle_dir: &Path, policy: &SignaturePolicy) -> Result<Option<Stri
     // Strict: no malleable signatures or small-order keys.
     key.verify_strict(file.manifest.as_bytes(), &Signature::from_bytes(&sig))
         .map_err(|_| bad(format!("the signature by key {key_hex} does not verify")))?;
-    let now = manifest(bundle_dir)?;
-    if now != file.manifest {
-        return Err(bad(first_difference(&file.manifest, &now)));
-    }
-    Ok(Some(key_hex))
-}
-
-/// The manifest of `<bundle_dir>/tuf/` (see the module doc): the same bytes for the same
-/// files whoever computes it. Anything but a regular file with a printable UTF-8 name is
-/// refused (105), naming it; a read error is exit 1, naming the file.
-pub fn manifest(bundle_dir: &Path) -> Result<String> {
-    let dir = bundle_dir.join("tuf");
-    let is_dir = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
-    if !is_dir {
-        return Err(Error::signature(format!(
-            "{} is not a directory: nothing to sign or verify",
-            dir.display()
-        )));
-    }
-    let listing = || format!("listing {}", dir.display());
-    let mut files = BTreeMap::new();
-    for entry in fs::read_dir(&dir).with_context(listing)? {
-        let entry = entry.with_context(listing)?;
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            return Err(hostile(&path, "its name is not UTF-8"));
+    let mut entries = BTreeMap::new();
+    for (i, line) in file.manifest.lines().enumerate() {
+        let parsed = match line.splitn(3, "  ").collect::<Vec<_>>()[..] {
+            [hash, size, name] if hash.len() == 64 => {
+                let name = name.strip_prefix("tuf/").filter(|n| !n.contains('/'));
+                match (hex::decode(hash), size.parse::<u64>(), name) {
+                    (Ok(_), Ok(size), Some(name)) => Some((name, hash, size)),
+                    _ => None,
+                }
+            }
+            _ => None,
         };
-        if name.chars().any(char::is_control) {
-            return Err(hostile(&path, "its name has a control character"));
-        }
-        // `file_type` does not follow a symlink.
-        let kind = entry
-            .file_type()
-            .with_context(|| format!("inspecting {}", path.display()))?;
-        if !kind.is_file() {
-            let what = if kind.is_symlink() {
-                "a symlink"
-            } else if kind.is_dir() {
-                "a directory"
-            } else {
-                "not a regular file"
-            };
-            return Err(hostile(&path, what));
-        }
-        files.insert(name, path);
-    }
-    let mut out = String::new();
-    for (name, path) in files {
-        let (digest, size) = hash_file(&path)?;
-        out += &format!("{digest}  {size}  tuf/{name}\n");
-    }
-    Ok(out)
-}
-
-/// An I/O failure (stick pulled, bad sector) is no verdict on the signature: exit 1, naming
-/// the file.
-fn io_error(e: std::io::Error, doing: &str, path: &Path) -> Error {
-    anyhow::Error::new(e)
-        .context(format!("{doing} {}", path.display()))
-        .into()
-}
-
-fn hostile(path: &Path, what: &str) -> Error {
-    Error::signature(format!(
-        "{}: {what}; tuf/ may hold regular files only",
-        path.display()
-    ))
-}
-
-/// SHA-256 and size, streamed. `O_NOFOLLOW|O_NONBLOCK` and a check of the opened file: the
-/// stick may swap a file for a symlink or a FIFO after it was listed.
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = open_regular(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_error(e, "reading", path)),
+        let Some((name, hash, size)) = parsed else {
+            return Err(bad(format!(
+                "line {} of the signed manifest is not `<sha256>  <size>  tuf/<name>`",
+                i + 1
+            )));
         };
-        hasher.update(&buf[..n]);
-        size += n as u64;
+        if entries
+            .insert(name.to_string(), (hash.to_ascii_lowercase(), size))
+            .is_some()
+        {
+            return Err(bad(format!(
+                "tuf/{name} is listed twice in the signed manifest"
+            )));
+        }
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        key: key_hex,
+        entries,
+    })
 }
 
-/// Opens `path` if it is a regular file, not through a symlink, without blocking (a FIFO is
-/// refused by its type before it is opened for reading); anything else is refused.
-fn open_regular(path: &Path) -> Result<File> {
-    use crate::hostile_fs::{Problem, Tree};
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return Err(hostile(path, "not a file name"));
-    };
-    let io = |p: Problem| match p {
-        Problem::Unreadable(e) | Problem::Io(e) => {
-            io_error(std::io::Error::from_raw_os_error(e as i32), "opening", path)
+impl Manifest {
+    /// The signer's public key (lowercase hex).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What was signed: name -> (sha256 hex, size).
+    pub fn entries(&self) -> &BTreeMap<String, (String, u64)> {
+        &self.entries
+    }
+
+    fn refused(&self, what: String) -> Error {
+        Error::signature(format!(
+            "operator signature {}: {what}",
+            self.path.display()
+        ))
+    }
+
+    /// The names in `tuf/` are exactly the signed ones; else the first difference, by name.
+    pub fn check_names(&self, names: &[String]) -> Result<()> {
+        let present: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let extra = present.iter().find(|n| !self.entries.contains_key(**n));
+        let gone = self.entries.keys().find(|n| !present.contains(n.as_str()));
+        let first = match (extra, gone) {
+            (Some(e), Some(g)) if g.as_str() < *e => Err(g.as_str()),
+            (Some(e), _) => Ok(*e),
+            (None, Some(g)) => Err(g.as_str()),
+            (None, None) => return Ok(()),
+        };
+        Err(self.refused(match first {
+            Ok(e) => format!("tuf/{e} is in the bundle but was not signed"),
+            Err(g) => format!("tuf/{g} was signed but is not in the bundle"),
+        }))
+    }
+
+    /// Before a byte of `tuf/<name>` is read: it has the signed size.
+    pub fn check_size(&self, name: &str, size: u64) -> Result<()> {
+        match self.entries.get(name) {
+            Some((_, signed)) if *signed == size => Ok(()),
+            Some((_, signed)) => Err(self.refused(format!(
+                "tuf/{name} changed since the bundle was signed ({size} bytes, {signed} signed)"
+            ))),
+            None => Err(self.refused(format!("tuf/{name} is in the bundle but was not signed"))),
         }
-        Problem::Symlink | Problem::ThroughSymlink => hostile(path, "a symlink"),
-        _ => hostile(path, "not a regular file"),
-    };
-    let tree = Tree::open(dir).map_err(|r| io(r.problem))?;
-    match tree.open_file(name) {
-        Ok(Some((f, _))) => Ok(f),
-        Ok(None) => Err(io_error(
-            std::io::Error::from(ErrorKind::NotFound),
-            "opening",
-            path,
-        )),
-        Err(r) => Err(io(r.problem)),
+    }
+
+    /// The bytes read of `tuf/<name>` have the signed hash.
+    pub fn check_content(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        match self.entries.get(name) {
+            Some((signed, _)) if *signed == digest => Ok(()),
+            _ => Err(self.refused(format!("tuf/{name} changed since the bundle was signed"))),
+        }
     }
 }
 
-/// `None` when there is no signature file.
-fn read_sig_file(path: &Path) -> Result<Option<SigFile>> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(e, "inspecting", path)),
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(Error::signature(format!(
-                "{} is a symlink: refused",
-                path.display()
-            )))
-        }
-        Ok(m) if !m.is_file() => {
-            return Err(Error::signature(format!(
-                "{} is not a regular file: refused",
-                path.display()
-            )))
-        }
-        Ok(_) => {}
+/// `None` when there is no signature file. A file that cannot be what it claims (a symlink,
+/// not a regular file, too large) is a failed claim: 105.
+fn read_sig_file(bundle: &Bundle, path: &Path) -> Result<Option<Vec<u8>>> {
+    let opened = bundle.open_file(FILE).map_err(|e| match e.code() {
+        Code::InvalidBundle => Error::signature(e.one_line()),
+        _ => e,
+    })?;
+    let Some((f, len)) = opened else {
+        return Ok(None);
+    };
+    let too_large =
+        || Error::signature(format!("{} is larger than 1 MiB: refused", path.display()));
+    if len > MAX_FILE_BYTES {
+        return Err(too_large());
     }
-    let f = open_regular(path)?;
     let mut bytes = Vec::new();
     f.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
+        .map_err(|e| Error::new(Code::Copy, format!("bundle: {FILE}: read failed: {e}")))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::signature(format!(
-            "{} is larger than 1 MiB: refused",
-            path.display()
-        )));
+        return Err(too_large());
     }
-    let file: SigFile = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::signature(format!(
-            "{} is not an operator signature file: {e}",
-            path.display()
-        ))
-    })?;
-    if file.version != VERSION {
-        return Err(Error::signature(format!(
-            "{}: version {} is not one this build knows ({VERSION})",
-            path.display(),
-            file.version
-        )));
-    }
-    Ok(Some(file))
+    Ok(Some(bytes))
 }
 
 fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -268,39 +291,18 @@ fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     bytes.try_into().ok()
 }
 
-/// Names the first file (in manifest order) where the signed manifest and the bundle differ.
-fn first_difference(signed: &str, now: &str) -> String {
-    // "<hash>  <size>  tuf/<name>": the name is all after the second separator.
-    let by_name = |m: &'_ str| -> BTreeMap<String, String> {
-        m.lines()
-            .map(|l| {
-                (
-                    l.splitn(3, "  ").nth(2).unwrap_or(l).to_owned(),
-                    l.to_owned(),
-                )
-            })
-            .collect()
-    };
-    let (signed, now) = (by_name(signed), by_name(now));
-    let mut names: Vec<&String> = signed.keys().chain(now.keys()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        match (signed.get(name), now.get(name)) {
-            (Some(a), Some(b)) if a == b => continue,
-            (Some(_), Some(_)) => return format!("{name} changed since the bundle was signed"),
-            (Some(_), None) => return format!("{name} was signed but is not in the bundle"),
-            (None, _) => return format!("{name} is in the bundle but was not signed"),
-        }
-    }
-    "the signed manifest does not match the bundle's tuf/".into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Code;
     use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey as _};
+
+    fn verify(dir: &Path, policy: &SignaturePolicy) -> Result<Option<String>> {
+        read_tuf(&Bundle::open(dir)?, policy).map(|t| t.signer)
+    }
+
+    fn manifest(dir: &Path) -> String {
+        super::manifest(&TufDir::read(&Bundle::open(dir).unwrap(), None).unwrap())
+    }
 
     struct Rig {
         tmp: tempfile::TempDir,
@@ -385,7 +387,7 @@ mod tests {
             verify(&r.bundle, &optional).unwrap(),
             Some(r.public.clone())
         );
-        let m = manifest(&r.bundle).unwrap();
+        let m = manifest(&r.bundle);
         let digest = hex::encode(Sha256::digest(b"{}"));
         assert_eq!(
             m.lines().nth(1).unwrap(),
@@ -495,7 +497,7 @@ mod tests {
         // A manifest edited to match a tampered tuf/ no longer matches the signature.
         r.sign();
         fs::write(r.bundle.join("tuf/targets.json"), "{ }").unwrap();
-        let now = manifest(&r.bundle).unwrap();
+        let now = manifest(&r.bundle);
         r.edit_sig(|v| v["manifest"] = now.into());
         r.refused(&r.policy(), "does not verify");
         r.edit_sig(|v| v["signature"] = "zz".into());
@@ -519,26 +521,107 @@ mod tests {
         let r = Rig::new();
         r.sign();
         let tuf = r.bundle.join("tuf");
+        let hostile = |fragment: &str| {
+            let e = verify(&r.bundle, &r.policy()).expect_err("expected a refusal");
+            assert_eq!(e.code(), Code::InvalidBundle, "{}", e.one_line());
+            assert!(e.one_line().contains(fragment), "{}", e.one_line());
+        };
         std::os::unix::fs::symlink("/etc/passwd", tuf.join("snapshot.json")).unwrap();
-        r.refused(&r.policy(), "tuf/snapshot.json: a symlink");
+        // Not signed: refused by name before anything is opened.
+        r.refused(
+            &r.policy(),
+            "tuf/snapshot.json is in the bundle but was not signed",
+        );
         let e = format!("{:#}", sign(&r.key, &r.bundle).unwrap_err());
-        assert!(e.contains("tuf/snapshot.json: a symlink"), "{e}");
+        assert!(
+            e.contains("tuf/snapshot.json is or passes through a symlink"),
+            "{e}"
+        );
         fs::remove_file(tuf.join("snapshot.json")).unwrap();
         fs::create_dir(tuf.join("sub")).unwrap();
-        r.refused(&r.policy(), "tuf/sub: a directory");
+        r.refused(&r.policy(), "tuf/sub is in the bundle but was not signed");
+        let mut optional = r.policy();
+        optional.required = false;
+        fs::remove_file(r.bundle.join(FILE)).unwrap();
+        let e = verify(&r.bundle, &optional).unwrap_err();
+        assert!(
+            e.one_line().contains("tuf/sub is not a regular file"),
+            "{}",
+            e.one_line()
+        );
         fs::remove_dir(tuf.join("sub")).unwrap();
         nix::unistd::mkfifo(&tuf.join("fifo"), nix::sys::stat::Mode::S_IRUSR).unwrap();
-        r.refused(&r.policy(), "tuf/fifo: not a regular file");
+        let e = verify(&r.bundle, &optional).unwrap_err();
+        assert!(
+            e.one_line().contains("tuf/fifo is not a regular file"),
+            "{}",
+            e.one_line()
+        );
         fs::remove_file(tuf.join("fifo")).unwrap();
+        // A symlink that was signed (by hand) is refused for being a symlink.
+        r.sign();
+        fs::remove_file(tuf.join("timestamp.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tuf.join("timestamp.json")).unwrap();
+        hostile("tuf/timestamp.json is or passes through a symlink");
+        fs::remove_file(tuf.join("timestamp.json")).unwrap();
+        fs::write(tuf.join("timestamp.json"), "{\"t\":1}").unwrap();
         // The signature file itself: a symlink to a valid one is refused too.
         r.sign();
         let real = r.tmp.path().join("elsewhere.sig");
         fs::rename(r.bundle.join(FILE), &real).unwrap();
         std::os::unix::fs::symlink(&real, r.bundle.join(FILE)).unwrap();
-        r.refused(&r.policy(), "usb-update.sig is a symlink");
+        r.refused(&r.policy(), "usb-update.sig is or passes through a symlink");
         fs::remove_file(r.bundle.join(FILE)).unwrap();
         fs::create_dir(r.bundle.join(FILE)).unwrap();
         r.refused(&r.policy(), "usb-update.sig is not a regular file");
+    }
+
+    #[test]
+    fn names_and_sizes_are_compared_before_anything_is_read() {
+        let r = Rig::new();
+        r.sign();
+        let tuf = r.bundle.join("tuf");
+        // 20 GiB of nothing: refused from its size, not after hashing it.
+        let f = fs::File::create(tuf.join("targets.json")).unwrap();
+        f.set_len(20 << 30).unwrap();
+        let t = std::time::Instant::now();
+        r.refused(
+            &r.policy(),
+            "tuf/targets.json changed since the bundle was signed (21474836480 bytes, 2 signed)",
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // A file that is the same size but other bytes: refused after reading it.
+        fs::write(tuf.join("targets.json"), "[]").unwrap();
+        r.refused(
+            &r.policy(),
+            "tuf/targets.json changed since the bundle was signed",
+        );
+    }
+
+    #[test]
+    fn a_malformed_signed_manifest_is_refused() {
+        let r = Rig::new();
+        let signing = SigningKey::from_pkcs8_pem(&fs::read_to_string(&r.key).unwrap()).unwrap();
+        for bad in [
+            "x  1  tuf/a\n",
+            "{}  z  tuf/a\n",
+            "{}  1  a\n",
+            "{}  1  tuf/a/b\n",
+        ] {
+            let m = bad.replace("{}", &"0".repeat(64));
+            let file = SigFile {
+                version: VERSION,
+                key: r.public.clone(),
+                signature: hex::encode(signing.sign(m.as_bytes()).to_bytes()),
+                manifest: m,
+            };
+            fs::write(r.bundle.join(FILE), serde_json::to_vec(&file).unwrap()).unwrap();
+            let want = match bad.lines().count() {
+                1 => "line 1 of the signed manifest is not",
+                _ => "tuf/a is listed twice in the signed manifest",
+            };
+            r.refused(&r.policy(), want);
+        }
     }
 
     #[test]

@@ -400,20 +400,7 @@ fn stick_left_in_after_a_rollback_is_not_tried_again() {
 fn aktualizr_lite_is_stopped_for_the_update_and_started_after_run() {
     let (r, b) = rig_with_v2();
     // A systemctl that logs its calls and says the unit is active.
-    let systemctl = r.root.join("systemctl");
-    std::fs::write(
-        &systemctl,
-        format!(
-            "#!/bin/sh\necho \"systemctl $*\" >> {}\n",
-            r.root.join("actions").display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&systemctl)
-        .status()
-        .unwrap();
+    let systemctl = common::agent_rig::fake_systemctl(&r.root);
     std::fs::write(
         r.s.d.policy.join("30-aklite.toml"),
         format!(

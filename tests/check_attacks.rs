@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use common::attack::{bundle, refused, setup};
 use common::{Device, DeviceSpec, Unchanged, HWID};
 use serde_json::{json, Value};
 use usb_update::gen::{
@@ -14,30 +15,6 @@ use usb_update::gen::{
 };
 
 const PAST: &str = "2001-01-01T00:00:00Z";
-
-/// A bundle with one target (version 2) for the default device, with `edit` applied to
-/// the spec; roots from 2 are carried, so rotations are exercised.
-fn bundle(f: &Factory, dir: &Path, edit: impl FnOnce(&mut BundleSpec)) -> gen::Bundle {
-    let content = write_content(dir, &f.name, HWID, "2", &[]).unwrap();
-    let mut spec = BundleSpec::new(vec![gen::target_for(HWID, "2", &content)]);
-    spec.roots_from = 2;
-    edit(&mut spec);
-    write_bundle(f, &spec, dir).unwrap()
-}
-
-/// Run check on `b` and assert code, reason and that nothing changed.
-#[track_caller]
-fn refused(d: &Device, b: &Path, code: i32, reason: &str) {
-    let before = Unchanged::new(d, b);
-    d.check(b, &[]).assert(code, reason);
-    before.assert();
-}
-
-fn setup() -> (Factory, Device, tempfile::TempDir) {
-    let f = Factory::new().unwrap();
-    let d = Device::new(&f);
-    (f, d, tempfile::tempdir().unwrap())
-}
 
 #[test]
 fn valid_bundle_passes() {

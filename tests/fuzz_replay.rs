@@ -31,6 +31,8 @@ replay! {
     compose_file => "../fuzz/targets/compose_file.rs",
     config_policy => "../fuzz/targets/config_policy.rs",
     metadata => "../fuzz/targets/metadata.rs",
+    oci_chain => "../fuzz/targets/oci_chain.rs",
+    signature_manifest => "../fuzz/targets/signature_manifest.rs",
 }
 
 fn fuzz_dir() -> PathBuf {

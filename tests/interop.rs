@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use usb_update::tuf::meta::{Envelope, Root};
 use usb_update::tuf::verify::{anchor, check_role_signatures, StoredVersions};
 use usb_update::tuf::{verify_bundle, BundleRules, MetaSource, Trust};
-use usb_update::{Code, Result};
+use usb_update::tufdir::TufDir;
+use usb_update::Code;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop/ota-tuf-rsa")
@@ -64,15 +65,23 @@ fn pretty_printing_does_not_matter_but_a_flipped_byte_does() {
     }
 }
 
-/// The repo directory seen as a bundle's `tuf/` (it has no `N.root.json`).
-struct Repo;
-impl MetaSource for Repo {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(std::fs::read(dir().join("repo").join(name)).ok())
+/// The repo directory seen as a bundle's `tuf/` (its `root.json` is no `N.root.json`).
+fn repo() -> TufDir {
+    let mut files = std::collections::BTreeMap::new();
+    for f in [
+        "root.json",
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+    ] {
+        files.insert(
+            f.to_string(),
+            std::fs::read(dir().join("repo").join(f)).unwrap(),
+        );
     }
-    fn root_versions(&self) -> Result<Vec<u64>> {
-        Ok(vec![])
-    }
+    let t = TufDir::from_files(files);
+    assert_eq!(t.root_versions().unwrap(), Vec::<u64>::new());
+    t
 }
 
 fn trust() -> Trust {
@@ -93,7 +102,7 @@ const RULES: BundleRules = BundleRules {
 #[test]
 fn the_set_is_rejected_for_its_broken_links_whatever_the_clock() {
     for now in ["2018-03-01T00:00:00Z", "2026-11-21T00:00:00Z"] {
-        let err = verify_bundle(&trust(), &Repo, &RULES, now).unwrap_err();
+        let err = verify_bundle(&trust(), &repo(), &RULES, now).unwrap_err();
         assert_eq!(err.code(), Code::Security, "{now}: {}", err.one_line());
         assert_eq!(
             err.one_line(),

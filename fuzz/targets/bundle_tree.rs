@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use usb_update::bundle::Bundle;
 use usb_update::hostile_fs::Tree;
 use usb_update::tuf::MetaSource as _;
+use usb_update::tufdir::TufDir;
 
 const MARKER: &str = "OUTSIDE-THE-STICK-7f3a";
 const TUF: [&str; 5] = [
@@ -265,16 +266,18 @@ pub fn run(data: &[u8]) {
         Ok(b) => b,
         Err(e) => return clean("Bundle::open", &e.one_line()),
     };
-    for f in TUF {
-        match bundle.read(f) {
-            Ok(Some(bytes)) => clean_bytes(f, &bytes),
-            Ok(None) => {}
-            Err(e) => clean(f, &e.one_line()),
+    // tuf/ as the verifier reads it: once, capped, regular files only.
+    match TufDir::read(&bundle, None) {
+        Ok(tuf) => {
+            for (f, bytes) in tuf.files() {
+                clean_bytes(f, bytes);
+            }
+            match tuf.root_versions() {
+                Ok(v) => assert!(v.len() <= usb_update::bundle::LIST_CAP),
+                Err(e) => clean("root_versions", &e.one_line()),
+            }
         }
-    }
-    match bundle.root_versions() {
-        Ok(v) => assert!(v.len() <= usb_update::bundle::LIST_CAP),
-        Err(e) => clean("root_versions", &e.one_line()),
+        Err(e) => clean("tuf", &e.one_line()),
     }
     match bundle.app_uris() {
         Ok(uris) => clean("app_uris", &format!("{uris:?}")),

@@ -466,10 +466,11 @@ pub fn hashes(sha256: &str) -> String {
 pub fn custom_meta(custom: Option<&Map<String, Value>>) -> String {
     let mut custom = custom.cloned().unwrap_or_default();
     custom.entry("ecuIdentifiers").or_insert(Value::Null);
-    crate::tuf::canonical::object_to_vec(&custom)
+    let custom = Value::Object(custom);
+    crate::tuf::canonical::to_vec(&custom)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_else(|| Value::Object(custom).to_string())
+        .unwrap_or_else(|| custom.to_string())
 }
 
 #[cfg(test)]

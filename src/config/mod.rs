@@ -356,10 +356,14 @@ fn hostname() -> anyhow::Result<String> {
 /// Expands config or policy paths into the files they name, in path order; a directory gives
 /// its `*.toml` regular files sorted by name. Explicit paths must exist (a typo on the
 /// command line must not silently fall back to nothing); missing defaults are skipped.
+/// `strict` (the policy): a `*.toml` that is not a readable regular file (a dangling symlink,
+/// a directory, a FIFO) and a dangling symlink in place of a path are errors, not skipped: a
+/// security policy fails closed. The config stays as lenient as aktualizr-lite.
 pub(crate) fn expand_paths(
     paths: &[PathBuf],
     defaults: &[&str],
     what: &str,
+    strict: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let explicit = !paths.is_empty();
     let list: Vec<PathBuf> = if explicit {
@@ -372,6 +376,12 @@ pub(crate) fn expand_paths(
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                if strict && fs::symlink_metadata(path).is_ok() {
+                    bail!(
+                        "{what} path {} is a dangling symlink: refused (fail closed)",
+                        path.display()
+                    );
+                }
                 if explicit {
                     bail!("{what} path {} does not exist", path.display());
                 }
@@ -390,8 +400,20 @@ pub(crate) fn expand_paths(
         let mut entries = Vec::new();
         for entry in fs::read_dir(path).with_context(read_err)? {
             let p = entry.with_context(read_err)?.path();
-            if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
-                entries.push(p);
+            if p.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            match fs::metadata(&p) {
+                Ok(m) if m.is_file() => entries.push(p),
+                _ if !strict => {}
+                Ok(_) => bail!(
+                    "{what} file {} is not a regular file: refused (fail closed)",
+                    p.display()
+                ),
+                Err(e) => bail!(
+                    "{what} file {} cannot be read ({e}; a dangling symlink?): refused (fail closed)",
+                    p.display()
+                ),
             }
         }
         entries.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
@@ -415,7 +437,7 @@ impl Config {
 
     fn load_with_root(paths: &[PathBuf], root: &Path) -> anyhow::Result<Config> {
         let mut by_name: BTreeMap<OsString, PathBuf> = BTreeMap::new();
-        for file in expand_paths(paths, &Self::DEFAULT_PATHS, "config")? {
+        for file in expand_paths(paths, &Self::DEFAULT_PATHS, "config", false)? {
             let name = file.file_name().map(OsString::from).unwrap_or_default();
             by_name.insert(name, file);
         }

@@ -133,7 +133,7 @@ fn explicit_missing_path_is_an_error_but_missing_defaults_are_skipped() {
     let dir = t.path().join("d");
     let defaults = [missing.to_str().unwrap(), dir.to_str().unwrap()];
     assert_eq!(
-        expand_paths(&[], &defaults, "config").unwrap(),
+        expand_paths(&[], &defaults, "config", false).unwrap(),
         vec![present]
     );
 }

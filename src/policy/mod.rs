@@ -132,6 +132,8 @@ pub struct MediaPolicy {
     /// Directories where another automounter (udisks2, a desktop) mounts media, watched by
     /// `agent watch`.
     pub watch_dirs: Vec<PathBuf>,
+    /// Only media whose filesystem label is one of these (`ID_FS_LABEL`); empty: any label.
+    pub labels: Vec<String>,
 }
 
 impl Default for MediaPolicy {
@@ -141,6 +143,7 @@ impl Default for MediaPolicy {
             require_usb: true,
             bundle: None,
             watch_dirs: Vec::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -234,6 +237,7 @@ struct MediaLayer {
     require_usb: Option<bool>,
     bundle: Option<String>,
     watch_dirs: Option<Vec<PathBuf>>,
+    labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,9 +336,18 @@ impl Policy {
         let mut policy = Policy::default();
         let mut min_source = None;
         let mut max_source = None;
-        for file in expand_paths(paths, &Self::DEFAULT_PATHS, "policy")? {
+        for file in expand_paths(paths, &Self::DEFAULT_PATHS, "policy", true)? {
             let layer = Layer::read(&file)?;
             if let Some(u) = &layer.update {
+                // "No tag allowed" would refuse every bundle, and "any tag" is what the key
+                // left out means for a device without tags: neither is what `[]` says.
+                if u.allowed_tags.as_ref().is_some_and(Vec::is_empty) {
+                    bail!(
+                        "policy file {}: [update] allowed_tags = [] is not allowed: list the tags \
+                         bundles may carry, or leave the key out to follow [pacman] tags",
+                        file.display()
+                    );
+                }
                 if u.min_version.is_some() {
                     min_source = Some(file.clone());
                 }
@@ -388,7 +401,7 @@ impl Policy {
                 systemctl, aklite_unit, report, reboot_for_boot_firmware, stall_timeout);
         }
         if let Some(m) = layer.media {
-            merge!(self.media, m; filesystems, require_usb, watch_dirs; opt bundle);
+            merge!(self.media, m; filesystems, require_usb, watch_dirs, labels; opt bundle);
         }
         if let Some(f) = layer.feedback {
             merge!(self.feedback, f; leds_path, leds, consoles);
@@ -584,6 +597,63 @@ mod tests {
         assert!(
             e.contains(&format!("policy path {} does not exist", missing.display())),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn unreadable_policy_files_fail_closed() {
+        let t = TempDir::new().unwrap();
+        let d = t.path().join("policy.d");
+        write(&d, "10-ok.toml", "[update]\nallow_downgrade = false\n");
+        std::os::unix::fs::symlink("/nonexistent/site.toml", d.join("50-site.toml")).unwrap();
+        let e = err_of(Policy::load(std::slice::from_ref(&d)));
+        assert!(
+            e.starts_with(&format!(
+                "policy file {} cannot be read (",
+                d.join("50-site.toml").display()
+            )) && e.ends_with("a dangling symlink?): refused (fail closed)"),
+            "{e}"
+        );
+        std::fs::remove_file(d.join("50-site.toml")).unwrap();
+        std::fs::create_dir(d.join("60-dir.toml")).unwrap();
+        let e = err_of(Policy::load(std::slice::from_ref(&d)));
+        assert!(e.contains("60-dir.toml is not a regular file"), "{e}");
+        std::fs::remove_dir(d.join("60-dir.toml")).unwrap();
+        // A symlink to a real file is a policy file like any other.
+        let real = write(t.path(), "real.toml", "[update]\nallow_downgrade = true\n");
+        std::os::unix::fs::symlink(&real, d.join("70-link.toml")).unwrap();
+        assert!(
+            Policy::load(std::slice::from_ref(&d))
+                .unwrap()
+                .update
+                .allow_downgrade
+        );
+        // A dangling symlink in place of a policy path.
+        let link = t.path().join("policy.toml");
+        std::os::unix::fs::symlink("/nonexistent", &link).unwrap();
+        let e = err_of(Policy::load(std::slice::from_ref(&link)));
+        assert!(
+            e.contains("is a dangling symlink: refused (fail closed)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_allowed_tags_list_is_an_error() {
+        let e = err_of(load_one("[update]\nallowed_tags = []\n"));
+        assert!(
+            e.ends_with(
+                "[update] allowed_tags = [] is not allowed: list the tags bundles may carry, \
+                 or leave the key out to follow [pacman] tags"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            load_one("[update]\nallowed_tags = [\"main\"]\n")
+                .unwrap()
+                .update
+                .allowed_tags,
+            Some(vec!["main".to_string()])
         );
     }
 

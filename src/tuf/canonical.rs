@@ -2,7 +2,9 @@
 //!
 //! Signatures and metadata hashes are over the canonical form of the *parsed* value, never
 //! over the bytes of the file: fioctl, the OTA server and jsoncpp all differ in whitespace and
-//! escaping, and only the parsed value is the same for all of them.
+//! escaping, and only the parsed value is the same for all of them. This writes the form of
+//! a `Value` (for the bundle writer); [`super::strict`] produces it from bytes for the
+//! verifier, with the same escaping.
 
 use serde_json::Value;
 
@@ -21,15 +23,7 @@ pub fn to_vec(v: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out)
 }
 
-/// The canonical bytes of an object, without building a `Value` around it.
-pub fn object_to_vec(m: &serde_json::Map<String, Value>) -> Result<Vec<u8>, CanonicalError> {
-    let mut out = Vec::with_capacity(256);
-    write_object(m, &mut out)?;
-    Ok(out)
-}
-
-/// Where canonical bytes go: a buffer, or straight into hashers (metadata hashes are over
-/// the canonical form of a whole file, which need not exist in memory for that).
+/// Where canonical bytes go.
 pub trait Out {
     fn push(&mut self, b: u8);
     fn extend_from_slice(&mut self, b: &[u8]);
@@ -42,54 +36,6 @@ impl Out for Vec<u8> {
     fn extend_from_slice(&mut self, b: &[u8]) {
         Vec::extend_from_slice(self, b)
     }
-}
-
-/// SHA-256 and SHA-512 of the canonical form, buffered so hashers see large updates.
-pub struct Hashes {
-    buf: Vec<u8>,
-    sha256: sha2::Sha256,
-    sha512: sha2::Sha512,
-}
-
-impl Out for Hashes {
-    fn push(&mut self, b: u8) {
-        self.buf.push(b);
-        self.flush_if_full();
-    }
-    fn extend_from_slice(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-        self.flush_if_full();
-    }
-}
-
-impl Hashes {
-    fn flush_if_full(&mut self) {
-        if self.buf.len() >= 8192 {
-            self.flush();
-        }
-    }
-    fn flush(&mut self) {
-        use sha2::Digest as _;
-        self.sha256.update(&self.buf);
-        self.sha512.update(&self.buf);
-        self.buf.clear();
-    }
-}
-
-/// Lowercase hex SHA-256 and SHA-512 of the canonical bytes of `v`.
-pub fn hashes(v: &Value) -> Result<(String, String), CanonicalError> {
-    use sha2::Digest as _;
-    let mut h = Hashes {
-        buf: Vec::with_capacity(16384),
-        sha256: sha2::Sha256::new(),
-        sha512: sha2::Sha512::new(),
-    };
-    write(v, &mut h)?;
-    h.flush();
-    Ok((
-        hex::encode(h.sha256.finalize()),
-        hex::encode(h.sha512.finalize()),
-    ))
 }
 
 fn write(v: &Value, out: &mut impl Out) -> Result<(), CanonicalError> {
@@ -152,7 +98,21 @@ fn push_u16_escape(u: u16, out: &mut impl Out) {
     }
 }
 
-fn write_str(s: &str, out: &mut impl Out) {
+/// The length of `s` as [`write_str`] writes it, quotes included.
+pub(crate) fn escaped_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c if (c as u32) < 0x80 => 1,
+            c => 6 * c.len_utf16(),
+        })
+        .sum::<usize>()
+}
+
+/// `s` as a JSON string literal, escaped as jsoncpp escapes.
+pub(crate) fn write_str(s: &str, out: &mut impl Out) {
     out.push(b'"');
     for c in s.chars() {
         match c {

@@ -41,7 +41,7 @@ impl Method {
 }
 
 /// A public key from `root.signed.keys`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PublicKey {
     Ed25519(VerifyingKey),
     Rsa(RsaPublicKey),

@@ -8,119 +8,19 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::canonical;
-use super::keys::{decode_sig, Method, PublicKey};
+pub use super::envelope::{canonical_bound, Envelope, Signature, Unparsed};
+use super::keys::PublicKey;
 
 /// Why a file is not well-formed metadata (mapped to an exit code by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Malformed(pub String);
 
-fn bad(msg: impl Into<String>) -> Malformed {
+pub(crate) fn bad(msg: impl Into<String>) -> Malformed {
     Malformed(msg.into())
 }
 
-/// One element of `signatures`.
-#[derive(Debug, Clone)]
-pub struct Signature {
-    pub keyid: String,
-    /// `None`: a method the device does not accept (it refuses the whole file for that).
-    pub method: Option<Method>,
-    pub method_name: String,
-    /// `None`: `sig` is not padded standard base64.
-    pub sig: Option<Vec<u8>>,
-}
-
-/// A signed file: `{"signatures": [...], "signed": {...}}`.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub signed: Map<String, Value>,
-    pub signatures: Vec<Signature>,
-    /// Canonical bytes of `signed`: what signatures cover.
-    pub canonical_signed: Vec<u8>,
-    /// Hashes of the canonical form of the whole file: what snapshot/timestamp pin.
-    pub sha256: String,
-    pub sha512: String,
-}
-
-impl Envelope {
-    pub fn parse(bytes: &[u8]) -> Result<Envelope, Malformed> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-        Self::from_value(v)
-    }
-
-    pub fn from_value(v: Value) -> Result<Envelope, Malformed> {
-        let (sha256, sha512) = canonical::hashes(&v).map_err(|e| bad(e.to_string()))?;
-        let Value::Object(mut top) = v else {
-            return Err(bad("not a JSON object"));
-        };
-        let signed = match top.remove("signed") {
-            Some(Value::Object(m)) => m,
-            Some(_) => return Err(bad("`signed` is not an object")),
-            None => return Err(bad("no `signed` member")),
-        };
-        let sigs = match top.remove("signatures") {
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(bad("`signatures` is not an array")),
-            None => return Err(bad("no `signatures` member")),
-        };
-        let signatures = sigs
-            .iter()
-            .map(|s| {
-                let field = |name: &str| {
-                    s.get(name)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad(format!("a signature has no string `{name}`")))
-                };
-                let method_name = field("method")?.to_string();
-                Ok(Signature {
-                    keyid: field("keyid")?.to_string(),
-                    method: Method::parse(&method_name),
-                    method_name,
-                    sig: decode_sig(field("sig")?),
-                })
-            })
-            .collect::<Result<Vec<_>, Malformed>>()?;
-        let canonical_signed = canonical::object_to_vec(&signed).map_err(|e| bad(e.to_string()))?;
-        Ok(Envelope {
-            signed,
-            signatures,
-            canonical_signed,
-            sha256,
-            sha512,
-        })
-    }
-
-    pub fn type_name(&self) -> &str {
-        self.signed
-            .get("_type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-
-    pub fn version(&self) -> Result<u64, Malformed> {
-        self.signed
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("`signed.version` is not a non-negative integer"))
-    }
-
-    /// `expires`, checked to be exactly `YYYY-MM-DDTHH:MM:SSZ` as the device requires.
-    pub fn expires(&self) -> Result<String, Malformed> {
-        let e = self
-            .signed
-            .get("expires")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no string `signed.expires`"))?;
-        check_timestamp(e).then(|| e.to_string()).ok_or_else(|| {
-            bad(format!(
-                "`signed.expires` {e:?} is not YYYY-MM-DDTHH:MM:SSZ"
-            ))
-        })
-    }
-}
-
-fn check_timestamp(s: &str) -> bool {
+pub(crate) fn check_timestamp(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 20
         && b.iter().enumerate().all(|(i, c)| match i {
@@ -155,6 +55,8 @@ pub struct Root {
 pub const ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
 impl Root {
+    /// The root in `env`; call only once `env` is known to be signed by a trusted root (or
+    /// is the device's own): this builds the whole of `signed`.
     pub fn from_envelope(env: &Envelope) -> Result<Root, Malformed> {
         if !env.type_name().eq_ignore_ascii_case("root") {
             return Err(bad(format!(
@@ -162,8 +64,8 @@ impl Root {
                 env.type_name()
             )));
         }
-        let keys_json = env
-            .signed
+        let signed = env.signed_map()?;
+        let keys_json = signed
             .get("keys")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no `signed.keys` object"))?;
@@ -172,8 +74,7 @@ impl Root {
             let k = PublicKey::from_json(entry).map_err(|e| bad(format!("key {id}: {e}")))?;
             keys.insert(id.clone(), k);
         }
-        let roles_json = env
-            .signed
+        let roles_json = signed
             .get("roles")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no `signed.roles` object"))?;
@@ -223,12 +124,14 @@ pub struct MetaRef {
     pub version: u64,
     pub sha256: Option<String>,
     pub sha512: Option<String>,
+    /// The length of the referenced file's canonical form, when stated.
+    pub length: Option<u64>,
 }
 
 impl MetaRef {
     fn parse(env: &Envelope, file: &str, need_hashes: bool) -> Result<MetaRef, Malformed> {
-        let m = env
-            .signed
+        let signed = env.signed_map()?;
+        let m = signed
             .get("meta")
             .and_then(|m| m.get(file))
             .ok_or_else(|| bad(format!("no `signed.meta[\"{file}\"]`")))?;
@@ -248,10 +151,19 @@ impl MetaRef {
                 "`meta[\"{file}\"].hashes` has no sha256 or sha512"
             )));
         }
+        let length = match m.get("length") {
+            None => None,
+            Some(l) => Some(l.as_u64().ok_or_else(|| {
+                bad(format!(
+                    "`meta[\"{file}\"].length` is not a non-negative integer"
+                ))
+            })?),
+        };
         Ok(MetaRef {
             version,
             sha256,
             sha512,
+            length,
         })
     }
 
@@ -297,6 +209,19 @@ pub struct Target {
 impl Target {
     fn custom_str(&self, key: &str) -> Option<&str> {
         self.custom.get(key).and_then(Value::as_str)
+    }
+
+    /// What `custom.<key>` holds, for messages: a string quoted, else its kind and value.
+    pub fn describe_custom(&self, key: &str) -> String {
+        match self.custom.get(key) {
+            None => "missing".into(),
+            Some(Value::String(s)) => format!("{s:?}"),
+            Some(Value::Number(n)) => format!("the number {n}"),
+            Some(Value::Null) => "null".into(),
+            Some(Value::Bool(b)) => format!("the boolean {b}"),
+            Some(Value::Array(_)) => "an array".into(),
+            Some(Value::Object(_)) => "an object".into(),
+        }
     }
 
     pub fn target_format(&self) -> Option<&str> {
@@ -350,11 +275,15 @@ impl Target {
     }
 }
 
-/// Take the `targets` map out of a `Targets` file (moved, not copied: it is the largest
-/// part of any bundle's metadata).
-pub fn targets(env: &mut Envelope) -> Result<Vec<Target>, Malformed> {
+/// The `targets` map of a `Targets` file, for a file whose signatures were checked (only
+/// that member of `signed` is built).
+pub fn targets(env: &Envelope) -> Result<Vec<Target>, Malformed> {
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        targets: Option<Value>,
+    }
     check_type(env, "Targets")?;
-    let Some(Value::Object(map)) = env.signed.remove("targets") else {
+    let Some(Value::Object(map)) = env.signed_as::<Signed>()?.targets else {
         return Err(bad("no `signed.targets` object"));
     };
     map.into_iter()
@@ -388,8 +317,8 @@ pub struct BundleIndex {
 }
 
 pub fn bundle_index(env: &Envelope) -> Result<BundleIndex, Malformed> {
-    let b = env
-        .signed
+    let signed = env.signed_map()?;
+    let b = signed
         .get("x-fio-offline-bundle")
         .and_then(Value::as_object)
         .ok_or_else(|| bad("no `signed.x-fio-offline-bundle` object"))?;

@@ -2,11 +2,14 @@
 //!
 //! Not TUF 1.0: capitalised `_type`, upper-case `keytype`, opaque key ids, RSA-PSS with a
 //! recovered salt length, and a bundle index (`bundle-targets.json`) signed by the targets
-//! role. `canonical` and `keys` are the primitives, `meta` parses, `verify` decides.
+//! role. `canonical`, `strict` and `keys` are the primitives, `envelope` and `meta` parse,
+//! `verify` decides.
 
 pub mod canonical;
+pub mod envelope;
 pub mod keys;
 pub mod meta;
+pub mod strict;
 pub mod verify;
 
 pub use meta::{now_utc, BundleIndex, Envelope, Root, Target};

@@ -6,16 +6,18 @@
 //! role file that is not well-formed metadata 4; anything wrong with `bundle-targets.json`
 //! 15. Each error message names the file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::keys::PublicKey;
 use super::meta::{self, BundleIndex, Envelope, Root, Target};
 use crate::error::{Error, Result};
 
-/// Where metadata files come from (the bundle's `tuf/`, or any directory in tests).
+/// Where metadata files come from (the bundle's `tuf/` read into memory, or any directory
+/// in tests).
 pub trait MetaSource {
     /// The file's bytes, `None` if it does not exist. Size caps and path safety are the
     /// source's business.
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn read(&self, name: &str) -> Result<Option<&[u8]>>;
     /// The versions `N` of every `N.root.json` present.
     fn root_versions(&self) -> Result<Vec<u64>>;
 }
@@ -70,8 +72,8 @@ pub struct Verified {
     pub targets_role: RoleInfo,
     pub bundle: Option<BundleInfo>,
     pub targets: Vec<Target>,
-    /// Raw files to persist once an install succeeds (roots the bundle added, then the
-    /// three top-level roles), never by `check`.
+    /// Files to persist once an install succeeds (roots the bundle added, then the three
+    /// top-level roles), in canonical form (never the bytes of the stick), never by `check`.
     #[serde(skip)]
     pub to_store: Vec<(String, Vec<u8>)>,
     #[serde(skip)]
@@ -106,7 +108,7 @@ pub fn check_role_signatures(env: &Envelope, root: &Root, role: &str, file: &str
         let (Some(key), Some(sig)) = (root.keys.get(&s.keyid), s.sig.as_deref()) else {
             continue;
         };
-        if key.verify(&env.canonical_signed, sig) {
+        if key.verify(env.signed_bytes(), sig) {
             valid += 1;
         }
     }
@@ -123,11 +125,41 @@ fn parse(bytes: &[u8], file: &str) -> Result<Envelope> {
     Envelope::parse(bytes).map_err(|e| Error::metadata_update(format!("{file}: {e}")))
 }
 
+/// Parse a file pinned by `pin`: its canonical form may not be longer than the length the
+/// pin states (checked on the bytes first, with room for pretty-printing, then while the
+/// canonical form is produced), so a file that a signed pin does not allow is refused
+/// before it costs more than a few times the stated length.
+fn parse_pinned(bytes: &[u8], file: &str, pin: Option<(&meta::MetaRef, &str)>) -> Result<Envelope> {
+    let Some((length, by)) = pin.and_then(|(p, by)| Some((p.length?, by))) else {
+        return parse(bytes, file);
+    };
+    let stated = usize::try_from(length).unwrap_or(usize::MAX);
+    let room = stated.saturating_mul(PRETTY_ROOM).saturating_add(64 << 10);
+    let too_long = || {
+        Error::security(format!(
+            "{file}: longer than the {length} bytes that {by} states for it"
+        ))
+    };
+    if bytes.len() > room {
+        return Err(too_long());
+    }
+    let budget = stated.min(meta::canonical_bound(bytes.len()));
+    Envelope::parse_within(bytes, budget).map_err(|e| match e {
+        meta::Unparsed::TooLong(_) => too_long(),
+        meta::Unparsed::Malformed(e) => Error::metadata_update(format!("{file}: {e}")),
+    })
+}
+
+/// How much longer than its canonical form a pinned file may be on the stick: fioctl writes
+/// the canonical form itself, other servers pretty-print (1.4 times for ota-tuf's).
+const PRETTY_ROOM: usize = 4;
+
 fn malformed(file: &str) -> impl Fn(meta::Malformed) -> Error + '_ {
     move |e| Error::metadata_update(format!("{file}: {e}"))
 }
 
 /// Check `env` (claiming to be root `old.version + 1`) against the trusted `old` root.
+/// Nothing of `signed` beyond its header is built before the old root's keys vouched for it.
 pub fn rotate(old: &Root, env: &Envelope, file: &str) -> Result<Root> {
     if !env.type_name().eq_ignore_ascii_case("root") {
         return Err(Error::security(format!(
@@ -135,14 +167,15 @@ pub fn rotate(old: &Root, env: &Envelope, file: &str) -> Result<Root> {
             env.type_name()
         )));
     }
-    let new = Root::from_envelope(env).map_err(malformed(file))?;
-    if new.version != old.version + 1 {
+    let version = env.version().map_err(malformed(file))?;
+    if Some(version) != old.version.checked_add(1) {
         return Err(Error::security(format!(
-            "{file}: root version {} does not follow trusted root v{} (must be exactly one up)",
-            new.version, old.version
+            "{file}: root version {version} does not follow trusted root v{} (must be exactly one up)",
+            old.version
         )));
     }
     check_role_signatures(env, old, "root", file)?;
+    let new = Root::from_envelope(env).map_err(malformed(file))?;
     check_role_signatures(env, &new, "root", file)?;
     Ok(new)
 }
@@ -173,7 +206,7 @@ fn rollback_check(file: &str, bundle: u64, stored: Option<u64>) -> Result<()> {
     }
 }
 
-fn read_required(src: &dyn MetaSource, file: &str) -> Result<Vec<u8>> {
+fn read_required<'a>(src: &'a dyn MetaSource, file: &str) -> Result<&'a [u8]> {
     src.read(file)?
         .ok_or_else(|| Error::not_found(format!("tuf/{file}: missing from the bundle")))
 }
@@ -217,14 +250,14 @@ pub fn verify_bundle(
     loop {
         let file = format!("{}.root.json", root.version + 1);
         let Some(bytes) = src.read(&file)? else { break };
-        let env = parse(&bytes, &file)?;
+        let env = parse(bytes, &file)?;
         root = rotate(&root, &env, &file)?;
         roots.push(RootStep {
             version: root.version,
             expires: root.expires.clone(),
             source: format!("bundle tuf/{file}"),
         });
-        to_store.push((file, bytes));
+        to_store.push((file, env.into_canonical()));
     }
     if let Some(v) = versions.iter().find(|&&v| v > root.version) {
         return Err(Error::security(format!(
@@ -237,6 +270,7 @@ pub fn verify_bundle(
         format!("root v{}", root.version),
         root.expires.clone(),
     ));
+    let stored = stored_still_valid(trust, &root);
 
     let bundle = verify_index(&root, src, rules)?;
     if let Some(b) = &bundle {
@@ -244,7 +278,7 @@ pub fn verify_bundle(
     }
 
     // Timestamp, then snapshot pinned by it, then targets pinned by the snapshot.
-    let st = &trust.stored;
+    let st = &stored;
     let ts = role_file(src, &root, ("timestamp", "Timestamp"), None, st.timestamp)?;
     let snap_ref = meta::timestamp_snapshot_ref(&ts.env).map_err(malformed(ts.file))?;
     let sn = role_file(
@@ -255,14 +289,14 @@ pub fn verify_bundle(
         st.snapshot,
     )?;
     let tg_ref = meta::snapshot_targets_ref(&sn.env).map_err(malformed(sn.file))?;
-    let mut tg = role_file(
+    let tg = role_file(
         src,
         &root,
         ("targets", "Targets"),
         Some((&tg_ref, sn.file)),
         st.targets,
     )?;
-    let targets = meta::targets(&mut tg.env).map_err(malformed(tg.file))?;
+    let targets = meta::targets(&tg.env).map_err(malformed(tg.file))?;
     for r in [&ts, &sn, &tg] {
         expiries.push((r.role, r.file.into(), r.info.expires.clone()));
     }
@@ -272,7 +306,7 @@ pub fn verify_bundle(
 
     let (timestamp, snapshot, targets_role) = (ts.info.clone(), sn.info.clone(), tg.info.clone());
     for r in [ts, sn, tg] {
-        to_store.push((r.file.to_string(), r.bytes));
+        to_store.push((r.file.to_string(), r.env.into_canonical()));
     }
     Ok(Verified {
         roots,
@@ -286,13 +320,46 @@ pub fn verify_bundle(
     })
 }
 
+/// Do roots `a` and `b` give `role` the same keys (ids and key material)?
+fn same_keys(a: &Root, b: &Root, role: &str) -> bool {
+    let keys = |r: &'_ Root| -> BTreeMap<String, Option<PublicKey>> {
+        r.role(role)
+            .keyids
+            .iter()
+            .map(|id| (id.clone(), r.keys.get(id).cloned()))
+            .collect()
+    };
+    keys(a) == keys(b)
+}
+
+/// The stored versions that still bind the bundle under `root`, the newest root. When the
+/// timestamp or snapshot keys changed since the device's root, the stored versions are
+/// discarded (TUF 1.0, 5.3.11): that is how a repository recovers from a stolen key that
+/// fast-forwarded them (a timestamp at version 2^64-1 would refuse every later bundle).
+/// The stored targets version goes with them: it was pinned by the discarded snapshot.
+fn stored_still_valid(trust: &Trust, root: &Root) -> StoredVersions {
+    let rotated: Vec<&str> = ["timestamp", "snapshot"]
+        .into_iter()
+        .filter(|role| !same_keys(&trust.root, root, role))
+        .collect();
+    if rotated.is_empty() {
+        return trust.stored.clone();
+    }
+    tracing::warn!(
+        "root v{} rotated the {} keys: the device's stored timestamp, snapshot and targets \
+         versions no longer apply",
+        root.version,
+        rotated.join(" and ")
+    );
+    StoredVersions::default()
+}
+
 /// One of the three top-level role files, checked except for expiry (done last).
 struct RoleFile {
     role: &'static str,
     file: &'static str,
     env: Envelope,
     info: RoleInfo,
-    bytes: Vec<u8>,
 }
 
 /// Read `<role>.json`; check `_type`, the hash pinned by the file before it in the chain,
@@ -310,7 +377,7 @@ fn role_file(
         _ => "targets.json",
     };
     let bytes = read_required(src, file)?;
-    let env = parse(&bytes, file)?;
+    let env = parse_pinned(bytes, file, pin)?;
     expect_type(&env, type_name, file)?;
     if let Some((p, by)) = pin {
         if !p.hashes_match(&env) {
@@ -330,7 +397,6 @@ fn role_file(
         file,
         env,
         info,
-        bytes,
     })
 }
 
@@ -367,7 +433,7 @@ fn verify_index(
         return Ok(None);
     };
     let invalid = |m: String| Error::invalid_bundle(format!("{file}: {m}"));
-    let env = Envelope::parse(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let env = Envelope::parse(bytes).map_err(|e| invalid(e.to_string()))?;
     if env.type_name() != "Targets" {
         return Err(invalid(format!(
             "signed as {:?}, not as \"Targets\"",
@@ -392,7 +458,7 @@ fn verify_index(
         let ok = s
             .sig
             .as_deref()
-            .is_some_and(|sig| key.verify(&env.canonical_signed, sig));
+            .is_some_and(|sig| key.verify(env.signed_bytes(), sig));
         if !ok {
             return Err(invalid(format!("bad signature by key {}", s.keyid)));
         }

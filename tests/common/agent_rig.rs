@@ -92,6 +92,11 @@ impl Rig {
         led_of(&self.root)
     }
 
+    /// [`fake_systemctl`] for this rig.
+    pub fn fake_systemctl(&self) -> PathBuf {
+        fake_systemctl(&self.root)
+    }
+
     /// The stick's report, parsed, if there is one.
     pub fn report(&self, stick: &Stick) -> Option<serde_json::Value> {
         let host = nix::unistd::gethostname().expect("hostname");
@@ -111,6 +116,26 @@ pub fn led_of(root: &Path) -> (String, String, String) {
             .to_string()
     };
     (read("trigger"), read("delay_on"), read("delay_off"))
+}
+
+/// A systemctl in `root` that logs its calls to `root/actions` and says every unit is
+/// active: aktualizr-lite "runs". Returns its path.
+pub fn fake_systemctl(root: &Path) -> PathBuf {
+    let systemctl = root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> {}\n",
+            root.join("actions").display()
+        ),
+    )
+    .expect("systemctl");
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("systemctl");
+    systemctl
 }
 
 /// An aktualizr-lite that runs while `<root>/aklite-active` exists, and the systemctl
@@ -147,6 +172,13 @@ pub fn error_led() -> (String, String, String) {
 
 /// A stick holding `bundle` one directory down, as operators copy it.
 pub fn stick_with(bundle: &Path) -> Stick {
+    stick_labelled(bundle, "UPDATE")
+}
+
+/// [`stick_with`] with the filesystem label `label`: a test whose agent watches udev for
+/// every stick confines it with `[media] labels` to its own label, and leaves the sticks
+/// of tests running beside it alone.
+pub fn stick_labelled(bundle: &Path, label: &str) -> Stick {
     let content = tempfile::tempdir().expect("tempdir");
     let dst = content.path().join("update");
     let st = Command::new("cp")
@@ -156,5 +188,5 @@ pub fn stick_with(bundle: &Path) -> Stick {
         .status()
         .expect("cp");
     assert!(st.success());
-    Stick::with(content.path(), "UPDATE")
+    Stick::with(content.path(), label)
 }

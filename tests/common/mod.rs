@@ -5,6 +5,7 @@
 
 pub mod agent_rig;
 pub mod apps;
+pub mod attack;
 pub mod crashes;
 pub mod dockerd;
 pub mod faults;
