@@ -67,6 +67,21 @@ pub enum Error {
     Internal(anyhow::Error),
 }
 
+/// A refusal by the TUF verifier: its kind is the exit code, its message is kept.
+impl From<crate::tuf::Error> for Error {
+    fn from(e: crate::tuf::Error) -> Error {
+        use crate::tuf::Kind;
+        let code = match e.kind {
+            Kind::MetadataUpdate => Code::MetadataUpdate,
+            Kind::Security => Code::Security,
+            Kind::Expired => Code::Expired,
+            Kind::NotFound => Code::MetadataNotFound,
+            Kind::InvalidBundle => Code::InvalidBundle,
+        };
+        Error::new(code, e.msg)
+    }
+}
+
 impl From<anyhow::Error> for Error {
     /// A full disk anywhere in the chain (a state file, the bootloader environment, the
     /// trusted metadata) is the documented 60, not an internal error.

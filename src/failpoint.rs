@@ -1,8 +1,8 @@
 //! Named crash points for the crash-safety tests: with `USB_UPDATE_CRASH_AT=<name>` in the
 //! environment, the process sends itself SIGKILL at that point, as `kill -9` or a power cut
 //! would stop it: no unwinding, no destructors, no atexit, no flush of our buffers.
-//! Compiled into debug builds only: a release binary has no such hook, whatever its
-//! environment.
+//! Compiled in only with the cargo feature `failpoints` (off by default; the tests turn it
+//! on): a device build has no such hook, whatever its environment.
 //!
 //! Every name passed to [`hit`] is in [`POINTS`]; `tests/faults_crash.rs` checks that the
 //! call sites and the list agree and that a scenario kills the process at each one.
@@ -63,7 +63,7 @@ pub const POINTS: &[&str] = &[
 /// Die here, by SIGKILL, if the crash-safety tests asked for it.
 #[inline]
 pub fn hit(name: &str) {
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "failpoints")]
     if std::env::var_os("USB_UPDATE_CRASH_AT").is_some_and(|v| v == name) {
         debug_assert!(POINTS.contains(&name), "failpoint {name} is not in POINTS");
         // The one line the test matches; stderr is unbuffered.
@@ -72,19 +72,19 @@ pub fn hit(name: &str) {
         // SIGKILL cannot be caught or blocked; this is never reached.
         std::process::abort();
     }
-    #[cfg(not(debug_assertions))]
+    #[cfg(not(feature = "failpoints"))]
     let _ = name;
 }
 
 /// Wait here while a fault is injected, if a test asked for it: with
 /// `USB_UPDATE_PAUSE_AT=<name>` and `USB_UPDATE_PAUSE_FILE=<path>`, the process creates the
-/// file and waits (up to two minutes) until the test removes it. Debug builds only.
+/// file and waits (up to two minutes) until the test removes it. With `failpoints` only.
 #[inline]
 pub fn pause(name: &str) {
     // Once per process: parallel workers reaching the point later must not wait again.
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "failpoints")]
     static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "failpoints")]
     if std::env::var_os("USB_UPDATE_PAUSE_AT").is_some_and(|v| v == name)
         && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
@@ -97,6 +97,6 @@ pub fn pause(name: &str) {
             }
         }
     }
-    #[cfg(not(debug_assertions))]
+    #[cfg(not(feature = "failpoints"))]
     let _ = name;
 }

@@ -31,8 +31,6 @@
 //! - [`watchdog`]: an update that makes no progress is ended, not left hanging;
 //! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
 //! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
-//! - [`gen`]: writer of byte-compatible test bundles (tests, demo, benchmarks);
-//! - [`fuzzing`]: the checks of the metadata, signature and OCI fuzz targets (also run by tests).
 
 pub mod agent;
 pub mod aklite;
@@ -47,8 +45,6 @@ pub mod device;
 pub mod error;
 pub mod failpoint;
 pub mod finalize;
-pub mod fuzzing;
-pub mod gen;
 pub mod hostile_fs;
 pub mod install;
 pub mod lock;
@@ -62,8 +58,9 @@ pub mod select;
 pub mod signature;
 pub mod state;
 pub mod status;
-pub mod tuf;
 pub mod tufdir;
 pub mod watchdog;
 
 pub use error::{Code, Error, Result};
+/// The Foundries TUF flavour (the `foundries-tuf` crate of this workspace).
+pub use foundries_tuf as tuf;

@@ -168,13 +168,13 @@ impl TufDir {
 }
 
 impl MetaSource for TufDir {
-    fn read(&self, name: &str) -> Result<Option<&[u8]>> {
+    fn read(&self, name: &str) -> crate::tuf::Result<Option<&[u8]>> {
         Ok(self.get(name))
     }
 
     /// `N.root.json` with `N` a plain decimal; a name that only looks like one (`02.root.json`,
     /// a number past 2^64) is refused, naming it: the device would never read it.
-    fn root_versions(&self) -> Result<Vec<u64>> {
+    fn root_versions(&self) -> crate::tuf::Result<Vec<u64>> {
         let mut out = Vec::new();
         for name in self.files.keys() {
             let Some(n) = name.strip_suffix(".root.json") else {
@@ -186,7 +186,7 @@ impl MetaSource for TufDir {
             match n.parse::<u64>() {
                 Ok(v) if v.to_string() == n => out.push(v),
                 _ => {
-                    return Err(Error::invalid_bundle(format!(
+                    return Err(crate::tuf::Error::invalid_bundle(format!(
                         "tuf/{name}: not a root file name (N.root.json, N a decimal number \
                          without leading zeros): refused"
                     )))
@@ -228,7 +228,7 @@ mod tests {
             ("root.json", b"{}"),
             ("x.root.json", b"{}"),
         ]);
-        let e = TufDir::read(&b, None).unwrap().root_versions().unwrap_err();
+        let e = Error::from(TufDir::read(&b, None).unwrap().root_versions().unwrap_err());
         assert_eq!(e.code(), Code::InvalidBundle);
         assert!(
             e.one_line()

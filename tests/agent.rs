@@ -11,7 +11,7 @@ use common::apps::{app, AppScene, T};
 use common::faults::{spawn_paused, usb_update, Out, Paused};
 use common::scene::{deployments, state};
 use common::stick::Stick;
-use usb_update::gen::AppSpec;
+use test_kit::gen::AppSpec;
 
 struct Rig {
     s: AppScene,

@@ -1,5 +1,5 @@
 //! Living beside aktualizr-lite, on a real sysroot with its database made from the schema
-//! facts (`usb_update::aklite::testdb`): what we read from it (its pending installation,
+//! facts (`test_kit::testdb`): what we read from it (its pending installation,
 //! what it says runs, its hardware id, roots and role versions), what we write into it
 //! (pending, current, bad, the reboot flag and sentinel, the metadata), its import file
 //! when it has no database yet, `current-target`, the callback program, the policy for an
@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use common::{Device, DeviceSpec, Run, Unchanged, AKLITE_SERIAL, HWID};
 use serde_json::json;
-use usb_update::aklite::testdb::{self, TestRow};
-use usb_update::gen::{self, ostree as gost, write_bundle, write_content, BundleSpec, Factory};
+use test_kit::gen::{self, ostree as gost, write_bundle, write_content, BundleSpec, Factory};
+use test_kit::testdb::{self, TestRow};
 
 #[track_caller]
 fn code(r: &Run, want: i32) {

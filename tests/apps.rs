@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::apps::{app, AppScene, T};
 use common::scene::{deployments, state};
 use common::Unchanged;
-use usb_update::gen::{AppSpec, Hostile};
+use test_kit::gen::{AppSpec, Hostile};
 
 #[track_caller]
 fn code(r: &common::Run, want: i32) {
@@ -280,7 +280,7 @@ fn failing_app(s: &AppScene, how: &str) -> AppSpec {
             &s.f.name,
             "app-02",
             "bad",
-            usb_update::gen::apps::RUN_FOREVER,
+            test_kit::gen::apps::RUN_FOREVER,
             false,
         ),
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::attack::{bundle, refused, setup};
 use common::{Device, DeviceSpec, Unchanged, HWID};
 use serde_json::{json, Value};
-use usb_update::gen::{
+use test_kit::gen::{
     self, sign, to_bytes, write_bundle, write_content, BundleSpec, BundleTargets, Factory, Role,
     RoleKeys, TargetSpec,
 };

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{Device, DeviceSpec, Unchanged, HWID};
-use usb_update::gen::{self, write_bundle, write_content, BundleSpec, BundleTargets, Factory};
+use test_kit::gen::{self, write_bundle, write_content, BundleSpec, BundleTargets, Factory};
 
 /// A bundle whose TUF targets are versions `all` (commits in its repo), of which it lists
 /// `offered`; the device boots the commit of `running`. Returns the commits by version.

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{Device, DeviceSpec, Unchanged};
-use usb_update::gen::Factory;
+use test_kit::gen::Factory;
 
 const COMMIT: &str = "7d3b31b5462227e668378cd275a610290d9850223058c314a114038427d16ddb";
 const APP_DIGEST: &str = "feca26f0b9d59ac6c3c37fee030ce2eb2e0ab0315c7982291f5f065ee79bd8c2";

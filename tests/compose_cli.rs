@@ -15,9 +15,9 @@ use dockerd::Dockerd;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use test_kit::gen::oci::deterministic_tar;
+use test_kit::gen::LayerEntry;
 use usb_update::apps::compose::{override_yaml, Cli, OVERRIDE_FILE};
-use usb_update::gen::oci::deterministic_tar;
-use usb_update::gen::LayerEntry;
 
 const TAG: &str = "usb-update-test/app:loaded";
 const PINNED: &str =

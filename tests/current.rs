@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Device, DeviceSpec, Unchanged, HWID};
-use usb_update::gen::{self, write_bundle, write_content, BundleSpec, Factory};
+use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 
 fn compose_device(f: &Factory) -> Device {
     let d = Device::with(

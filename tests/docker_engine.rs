@@ -20,8 +20,8 @@ use dockerd::Dockerd;
 use gate::{Gate, Hold};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use test_kit::gen::oci::{self, ImageFormat, ImageInfo, ImageSpec, LayerEntry};
 use usb_update::apps::docker::{ContainerState, Engine, ImageToLoad};
-use usb_update::gen::oci::{self, ImageFormat, ImageInfo, ImageSpec, LayerEntry};
 use usb_update::Code;
 
 fn blob(store: &Path, hex: &str) -> PathBuf {

@@ -18,7 +18,7 @@ use common::apps::{app, AppScene, T};
 use common::crashes::*;
 use common::stick::Stick;
 use common::Run;
-use usb_update::gen::AppSpec;
+use test_kit::gen::AppSpec;
 
 /// A Compose device updating version after version, one bundle per update.
 struct AppsProgressive {

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use common::crashes::*;
 use common::stick::Stick;
 use common::{Device, DeviceSpec, Run, HWID};
+use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 use usb_update::failpoint::POINTS;
-use usb_update::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 
 #[test]
 fn every_point_is_listed_called_and_killed_by_a_scenario() {

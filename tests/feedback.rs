@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use tempfile::TempDir;
-use usb_update::gen::Factory;
+use test_kit::gen::Factory;
 use usb_update::policy::Policy;
 use usb_update::state::{InstalledTarget, Pending, Phase, State};
 use usb_update::status::{self, Feedback, Pattern, Report, StatusFile};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use usb_update::gen::{self, tuf, AppSpec, BundleSpec, Factory, PrivateKey, Role, TargetSpec};
+use test_kit::gen::{self, tuf, AppSpec, BundleSpec, Factory, PrivateKey, Role, TargetSpec};
 use usb_update::tuf::keys::{decode_sig, PublicKey};
 
 // Reference 2.7, copied verbatim: each is the exact file content, no trailing newline.

@@ -14,7 +14,7 @@ use common::attack::{bundle, operator_key, refused, setup, sign_bundle};
 use common::scene::{deployments, scene};
 use common::{Device, Unchanged, HWID};
 use serde_json::{json, Value};
-use usb_update::gen::{self, to_bytes, write_bundle, write_content, BundleSpec, Factory};
+use test_kit::gen::{self, to_bytes, write_bundle, write_content, BundleSpec, Factory};
 
 /// The length of `file`'s canonical form, as its pin states it.
 fn stated(b: &gen::Bundle, file: &str) -> usize {

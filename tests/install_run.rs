@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::scene::{deployments, scene, state};
 use common::{Unchanged, HWID};
-use usb_update::gen::{ostree as gost, TargetSpec};
-use usb_update::ostree::testsys::TestSysroot;
+use test_kit::gen::{ostree as gost, TargetSpec};
+use test_kit::testsys::TestSysroot;
 
 #[track_caller]
 fn code(r: &common::Run, want: i32) {

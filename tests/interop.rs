@@ -55,7 +55,8 @@ fn pretty_printing_does_not_matter_but_a_flipped_byte_does() {
         let tampered = text.replacen("\"2018-", "\"2019-", 1);
         assert_ne!(tampered, text);
         let e = Envelope::parse(tampered.as_bytes()).unwrap();
-        let err = check_role_signatures(&e, &repo, role, file).unwrap_err();
+        let err =
+            usb_update::Error::from(check_role_signatures(&e, &repo, role, file).unwrap_err());
         assert_eq!(err.code(), Code::Security, "{file}");
         assert!(
             err.one_line().contains("0 valid signature(s)"),
@@ -102,7 +103,8 @@ const RULES: BundleRules = BundleRules {
 #[test]
 fn the_set_is_rejected_for_its_broken_links_whatever_the_clock() {
     for now in ["2018-03-01T00:00:00Z", "2026-11-21T00:00:00Z"] {
-        let err = verify_bundle(&trust(), &repo(), &RULES, now).unwrap_err();
+        let err =
+            usb_update::Error::from(verify_bundle(&trust(), &repo(), &RULES, now).unwrap_err());
         assert_eq!(err.code(), Code::Security, "{now}: {}", err.one_line());
         assert_eq!(
             err.one_line(),

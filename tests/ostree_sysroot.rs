@@ -5,9 +5,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use test_kit::gen::ostree::{self as gen_ostree, CommitOptions, TreeFile};
+use test_kit::testsys::TestSysroot;
 use usb_update::config::{Config, Pacman};
-use usb_update::gen::ostree::{self as gen_ostree, CommitOptions, TreeFile};
-use usb_update::ostree::{self as ost, testsys::TestSysroot, PullProgress};
+use usb_update::ostree::{self as ost, PullProgress};
 use usb_update::Code;
 
 const OS: &str = "lmp";

@@ -64,13 +64,13 @@ fn template() -> &'static Template {
                 .expect("tuf file");
         }
         let files = vec![
-            usb_update::gen::ostree::TreeFile::file("usr/lib/os-release", "VERSION_ID=2\n", 0o644),
-            usb_update::gen::ostree::TreeFile::file("usr/share/a", vec![1u8; 5000], 0o644),
-            usb_update::gen::ostree::TreeFile::symlink("usr/share/l", "a"),
-            usb_update::gen::ostree::TreeFile::dir("etc/empty"),
+            test_kit::gen::ostree::TreeFile::file("usr/lib/os-release", "VERSION_ID=2\n", 0o644),
+            test_kit::gen::ostree::TreeFile::file("usr/share/a", vec![1u8; 5000], 0o644),
+            test_kit::gen::ostree::TreeFile::symlink("usr/share/l", "a"),
+            test_kit::gen::ostree::TreeFile::dir("etc/empty"),
         ];
         let commit =
-            usb_update::gen::ostree::commit_tree(&bundle.join("ostree_repo"), "lmp", &files)
+            test_kit::gen::ostree::commit_tree(&bundle.join("ostree_repo"), "lmp", &files)
                 .expect("commit");
         let digest = "ab".repeat(32);
         let app = bundle.join("apps/apps/app-01").join(&digest);
@@ -79,7 +79,7 @@ fn template() -> &'static Template {
         fs::create_dir_all(bundle.join("apps/blobs/sha256")).expect("blobs");
         fs::write(bundle.join("apps/blobs/sha256").join(&digest), b"blob").expect("blob");
         let sysroot = base.join("sysroot");
-        usb_update::ostree::testsys::init(&sysroot, "lmp").expect("sysroot");
+        test_kit::testsys::init(&sysroot, "lmp").expect("sysroot");
         let conf = base.join("sota.toml");
         fs::write(
             &conf,
@@ -274,7 +274,7 @@ pub fn run(data: &[u8]) {
             }
             match tuf.root_versions() {
                 Ok(v) => assert!(v.len() <= usb_update::bundle::LIST_CAP),
-                Err(e) => clean("root_versions", &e.one_line()),
+                Err(e) => clean("root_versions", &e.msg),
             }
         }
         Err(e) => clean("tuf", &e.one_line()),

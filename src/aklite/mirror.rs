@@ -100,7 +100,14 @@ impl Mirror {
 
 /// `<version>-<random uuid>`, as aktualizr-lite makes them (`-1` for an unknown version).
 pub fn correlation_id(version: Option<u64>) -> String {
-    let mut b: [u8; 16] = rand::random();
+    let mut b = [0u8; 16];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No entropy source at all: an id unique on this device is all the row needs.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = (now ^ u128::from(std::process::id())).to_le_bytes();
+    }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);

@@ -19,7 +19,6 @@ pub mod current_target;
 pub mod db;
 pub mod import;
 pub mod mirror;
-pub mod testdb;
 
 use std::path::PathBuf;
 

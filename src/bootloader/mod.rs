@@ -81,6 +81,13 @@ const MODES: [(&str, RollbackMode); 6] = [
 
 impl RollbackMode {
     pub fn parse(value: &str) -> anyhow::Result<RollbackMode> {
+        // The file backend is a test double: reachable only in builds made for tests.
+        if value == "file" && !cfg!(feature = "simulation") {
+            return Err(anyhow!(
+                "[bootloader] rollback_mode = \"file\" is a test double this build does not \
+                 have (cargo feature `simulation`)"
+            ));
+        }
         let found = MODES.iter().find(|(name, _)| *name == value);
         found.map(|(_, mode)| *mode).ok_or_else(|| {
             let names: Vec<&str> = MODES.iter().map(|(name, _)| *name).collect();

@@ -209,7 +209,12 @@ impl Merged {
         let booted = match self.str("pacman", "booted") {
             None | Some(("booted" | "1" | "", _)) => BootedMode::Booted,
             Some(("staged" | "0", _)) => BootedMode::Staged,
-            Some(("simulated", _)) => BootedMode::Simulated,
+            // A test double (no real boot): reachable only in builds made for tests.
+            Some(("simulated", _)) if cfg!(feature = "simulation") => BootedMode::Simulated,
+            Some(("simulated", src)) => {
+                let msg = "\"simulated\" is a test double this build does not have (cargo feature `simulation`)".to_string();
+                return Err(bad("pacman", "booted", src, msg));
+            }
             Some((other, src)) => {
                 let msg = format!("unknown mode {other:?} (expected \"booted\", \"staged\", \"0\" or \"simulated\")");
                 return Err(bad("pacman", "booted", src, msg));

@@ -10,11 +10,9 @@
 //! - [`deploy`], [`make_default`], [`remove_deployment`], [`cleanup`]: the deployment list,
 //!   each under the sysroot lock, as aktualizr(-lite) manipulates it;
 //! - [`deployments`], [`booted`], [`booted_commit`], [`boot_id`]: what the device runs;
-//! - [`testsys`]: a throw-away sysroot for tests and the demo.
 
 mod pull;
 mod stick_repo;
-pub mod testsys;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

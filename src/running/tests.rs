@@ -1,9 +1,10 @@
 //! The running-target rule, source by source.
 
 use super::*;
-use crate::aklite::{testdb, Store};
+use crate::aklite::Store;
 use crate::state::InstalledTarget;
 use serde_json::json;
+use test_kit::testdb;
 
 fn tuf(name: &str, sha: &str, version: &str) -> Target {
     Target {

@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use test_kit::gen::{self, write_bundle, write_content, AppSpec, BundleSpec, Factory, TargetSpec};
 use usb_update::apps::docker::Engine;
-use usb_update::gen::{
-    self, write_bundle, write_content, AppSpec, BundleSpec, Factory, TargetSpec,
-};
 
 use super::dockerd::Dockerd;
 use super::{Device, DeviceSpec, Run, HWID};

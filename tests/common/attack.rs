@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use usb_update::gen::{self, write_bundle, write_content, BundleSpec, Factory};
+use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 
 use super::{Device, Unchanged, HWID};
 

@@ -309,7 +309,7 @@ pub fn tuf_roles(
 /// metadata it holds; without a database, its import file's entries; `current-target` but
 /// its version line.
 pub fn aklite_state(d: &Device) -> serde_json::Value {
-    use usb_update::aklite::testdb;
+    use test_kit::testdb;
     let db = d.sql_db();
     let database = db.exists().then(|| {
         let rows = testdb::rows(&db).unwrap();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use usb_update::gen::{self, write_bundle, BundleSpec, Factory};
+use test_kit::gen::{self, write_bundle, BundleSpec, Factory};
 
 use super::faults::{Out, Snapshot};
 use super::stick::Stick;

@@ -22,7 +22,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use usb_update::gen::{self, Factory};
+use test_kit::gen::{self, Factory};
 
 pub const HWID: &str = gen::DEFAULT_HWID;
 /// The primary ECU serial of a test device's aktualizr-lite database.
@@ -101,7 +101,7 @@ impl Device {
         factory
             .write_provisioned_roots(&d.tuf, spec.roots)
             .expect("roots");
-        usb_update::ostree::testsys::init(&d.sysroot, "lmp").expect("sysroot");
+        test_kit::testsys::init(&d.sysroot, "lmp").expect("sysroot");
         // aktualizr-lite's import file and reboot sentinel inside the sandbox too.
         let mut import = format!("[import]\nbase_path = \"{}\"\n", import_dir.display());
         if let Some(c) = spec.cert {
@@ -132,7 +132,7 @@ impl Device {
         let policy = format!("[agent]\nlock_file = \"{}\"\n", lock.display());
         std::fs::write(d.policy.join("00-sandbox.toml"), policy).expect("policy");
         if spec.aklite_db {
-            usb_update::aklite::testdb::create(&d.sql_db(), 25, AKLITE_SERIAL, HWID)
+            test_kit::testdb::create(&d.sql_db(), 25, AKLITE_SERIAL, HWID)
                 .expect("aktualizr-lite database");
         }
         d
@@ -155,15 +155,14 @@ impl Device {
 
     /// Deploy `commit` from `repo` with the ostree CLI, as the image the device shipped with.
     pub fn deploy_initial(&self, repo: &Path, commit: &str) {
-        let sys = usb_update::ostree::testsys::TestSysroot::init_existing(&self.sysroot, "lmp");
+        let sys = test_kit::testsys::TestSysroot::init_existing(&self.sysroot, "lmp");
         sys.deploy_with_cli(repo, commit, &["quiet"])
             .expect("initial deployment");
     }
 
     /// Reboot (simulated) into `commit` with a new boot id.
     pub fn reboot_into(&self, commit: &str, boot_id: &str) {
-        usb_update::ostree::testsys::simulate_reboot(&self.sysroot, commit, boot_id)
-            .expect("reboot");
+        test_kit::testsys::simulate_reboot(&self.sysroot, commit, boot_id).expect("reboot");
         let _ = std::fs::remove_dir_all(self.sentinel_dir());
     }
 
@@ -229,7 +228,7 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         // Deployments carry the immutable bit.
-        usb_update::ostree::testsys::make_removable(self.tmp.path());
+        test_kit::testsys::make_removable(self.tmp.path());
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use usb_update::gen::{
+use test_kit::gen::{
     self, write_bundle, write_content, BundleSpec, BundleTargets, Factory, TargetSpec,
 };
 

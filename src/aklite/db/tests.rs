@@ -1,8 +1,8 @@
 //! The database module against a database made from the schema facts (`testdb`).
 
 use super::*;
-use crate::aklite::testdb::{self, TestRow};
 use serde_json::json;
+use test_kit::testdb::{self, TestRow};
 
 fn target(name: &str, sha: &str, version: &str) -> InstalledTarget {
     let custom = json!({"version": version, "targetFormat": "OSTREE", "hardwareIds": ["hw"],

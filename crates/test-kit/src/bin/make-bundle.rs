@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use rand::{RngCore as _, SeedableRng as _};
 use sha2::{Digest, Sha256};
-use usb_update::gen::{
+use test_kit::gen::{
     self, ostree as gen_ostree, AppSpec, BundleSpec, BundleTargets, Factory, LayerEntry,
 };
 

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::tuf::keys::PrivateKey;
+use crate::keys::PrivateKey;
 
 /// The keys of one role in a root, and how many of them must sign.
 #[derive(Clone)]
@@ -248,7 +248,7 @@ pub fn bundle_targets_signed(
 
 /// Canonical bytes, no trailing newline: the form every generated TUF file is written in.
 pub fn to_bytes(v: &Value) -> anyhow::Result<Vec<u8>> {
-    Ok(crate::tuf::canonical::to_vec(v)?)
+    Ok(foundries_tuf::canonical::to_vec(v)?)
 }
 
 /// Write `v` canonically to `path` (parents created).

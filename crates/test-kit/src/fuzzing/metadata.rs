@@ -22,11 +22,11 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::error::Code;
 use crate::gen::{self, tuf as gt, Factory, PrivateKey, Role, TargetSpec, FAR_FUTURE};
-use crate::tuf::verify::{anchor, RootStep, StoredVersions};
-use crate::tuf::{canonical, meta, strict, verify_bundle, BundleRules, Trust};
-use crate::tufdir::TufDir;
+use foundries_tuf::verify::{anchor, RootStep, StoredVersions};
+use foundries_tuf::{canonical, meta, strict, verify_bundle, BundleRules, Trust};
+use usb_update::error::Code;
+use usb_update::tufdir::TufDir;
 
 /// The files a fuzz input can replace, in `op & 7` order (6 and 7 wrap around).
 pub const FILES: [&str; 6] = [
@@ -42,7 +42,7 @@ struct Kit {
     factory: Factory,
     /// File -> its envelope as a value (what edits start from).
     envelopes: BTreeMap<String, Value>,
-    trust_root: crate::tuf::Root,
+    trust_root: foundries_tuf::Root,
 }
 
 fn kit() -> &'static Kit {
@@ -99,7 +99,7 @@ fn build_kit() -> anyhow::Result<Kit> {
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("root 1"))?;
     let env = meta::Envelope::from_value(root1).map_err(|e| anyhow::anyhow!(e))?;
-    let trust_root = anchor(&env, "1.root.json").map_err(|e| anyhow::anyhow!(e.one_line()))?;
+    let trust_root = anchor(&env, "1.root.json").map_err(|e| anyhow::anyhow!(e.msg))?;
     Ok(Kit {
         factory: f,
         envelopes,
@@ -236,6 +236,8 @@ fn verify(k: &Kit, files: BTreeMap<String, Vec<u8>>, env: u8) {
     let tuf = TufDir::from_files(files);
     match verify_bundle(&trust, &tuf, &rules, now) {
         Err(e) => {
+            // As the device reports it: the kind's exit code and one line.
+            let e = usb_update::Error::from(e);
             let allowed = [
                 Code::MetadataUpdate,
                 Code::Security,
@@ -271,7 +273,7 @@ fn verify(k: &Kit, files: BTreeMap<String, Vec<u8>>, env: u8) {
                 assert_eq!(&c.bytes, bytes, "{name} is not stored in canonical form");
             }
             let same = |role: &str| {
-                let keys = |r: &crate::tuf::Root| {
+                let keys = |r: &foundries_tuf::Root| {
                     r.role(role)
                         .keyids
                         .iter()

@@ -1,4 +1,4 @@
-//! An app's manifest chain ([`crate::apps::content::resolve`]): app manifest, compose
+//! An app's manifest chain ([`usb_update::apps::content::resolve`]): app manifest, compose
 //! archive, compose file, image index, image manifests, configs, from a store of blobs the
 //! input writes.
 //!
@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::apps::content::{self, BlobSource};
-use crate::error::{Code, Result};
 use crate::gen::oci::{deterministic_tar, gzip};
 use crate::gen::LayerEntry;
+use usb_update::apps::content::{self, BlobSource};
+use usb_update::error::{Code, Result};
 
 pub const SEP: &[u8] = b"\n@@@\n";
 const MAX_BLOBS: usize = 8;
@@ -170,7 +170,7 @@ pub fn check(data: &[u8]) {
             for (svc, &i) in &app.services {
                 let image = &app.images[i];
                 assert!(
-                    crate::apps::compose::pinned(&image.reference).is_some(),
+                    usb_update::apps::compose::pinned(&image.reference).is_some(),
                     "service {svc}: {} is not pinned",
                     image.reference
                 );

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use usb_update::gen::{simple_bundle, AppSpec, Factory};
+//! use crate::gen::{simple_bundle, AppSpec, Factory};
 //! let factory = Factory::new()?;
 //! let dst = std::path::Path::new("/tmp/bundle");
 //! let bundle = simple_bundle(&factory, dst, "intel-corei7-64", "42",
@@ -42,7 +42,7 @@ pub use self::ostree::TreeFile;
 pub use self::tuf::{
     read_json, resign, sign, to_bytes, write_json, RoleKeys, RootSpec, TargetSpec,
 };
-pub use crate::tuf::keys::PrivateKey;
+pub use crate::keys::PrivateKey;
 
 /// Expiry of everything a test does not explicitly expire.
 pub const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";

@@ -13,7 +13,7 @@
 //! # fn main() -> anyhow::Result<()> {
 //! use usb_update::ostree::testsys::TestSysroot;
 //! let sys = TestSysroot::new("lmp")?;
-//! // a commit made with usb_update::gen::ostree in some repo:
+//! // a commit made with crate::gen::ostree in some repo:
 //! # let (repo, commit) = (std::path::Path::new("/tmp/repo"), "0".repeat(64));
 //! sys.deploy_with_cli(repo, &commit, &["root=LABEL=otaroot", "console=ttyS0"])?;
 //! sys.simulate_reboot(&commit, "boot-1")?;
@@ -26,7 +26,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use super::{sim_file, SIM_DIR};
+use usb_update::ostree::{sim_file, SIM_DIR};
 
 /// A sysroot in its own temporary directory, removed (immutable bits cleared) on drop.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use super::tuf::{
     timestamp_signed, to_bytes, write_json, TargetSpec,
 };
 use super::{ostree as gen_ostree, Factory, Role, FAR_FUTURE};
-use crate::tuf::keys::PrivateKey;
+use crate::keys::PrivateKey;
 
 /// What `tuf/bundle-targets.json` lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
