@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Peak memory and time of `usb-update check` on hostile metadata (issue 13, cases 4, 5, 7
-# and 9), each beside a valid bundle's check measured in the same run (the baseline):
+# Peak memory and time of `usb-update check` on hostile metadata (figures: docs/benchmarks.md),
+# each beside a valid bundle's check measured in the same run (the baseline):
 # duplicate members with megabytes of junk, files of tiny JSON values far larger than any
 # signed pin allows, a million names in tuf/, a 20 GiB sparse file in a signed tuf/.
 # Prints figures and the 1-minute load; asserts nothing (the tests do behaviour).

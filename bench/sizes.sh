@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three-size benchmark (issue 6): for each size, a bundle (version 2: a rootfs commit
+# The three-size benchmark (docs/benchmarks.md): for each size, a bundle (version 2: a rootfs commit
 # with many small files, and three apps whose images carry incompressible layers) on an
 # ext4 stick image, installed onto a fresh sandboxed device running version 1 (an OSTree
 # sysroot, a private dockerd), next to baselines on the same data, in the same run:

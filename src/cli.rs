@@ -1,6 +1,6 @@
 //! The command line: `usb-update <command>`; each command prints one human line per step on
-//! stdout (or one JSON object with `--json`), logs on stderr, and exits with the code of the
-//! README's table.
+//! stdout (or one JSON object with `--json`), logs on stderr, and exits with a code of
+//! docs/exit-codes.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

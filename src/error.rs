@@ -1,11 +1,11 @@
 //! The error type that crosses module boundaries and decides the process exit code.
 //!
 //! Every variant carries a one-line reason that names the file or object it is about; the
-//! numbers are the contract of DESIGN.md (aktualizr-lite's numbers where one exists).
+//! numbers are those of docs/exit-codes.md (aktualizr-lite's numbers where one exists).
 
 use std::fmt;
 
-/// An exit code of `usb-update` / `aklite-offline`. See the README table.
+/// An exit code of `usb-update` / `aklite-offline`. See docs/exit-codes.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(into = "u8")]
 pub enum Code {

@@ -1,7 +1,7 @@
 //! `usb-update run`: finish the installation that `install` left pending: after the reboot
 //! (or at once for apps only), start the target's apps and commit to it, or roll back.
 //!
-//! Outcomes (README "exit codes"): 0 updated (or, after a rollback reboot, rolled back);
+//! Outcomes (docs/exit-codes.md): 0 updated (or, after a rollback reboot, rolled back);
 //! 90 updated, boot firmware too; 99 the previous rootfs or apps are back; 100 apps failed on
 //! the new rootfs, the previous deployment is default again: reboot, then run; 110 the
 //! bootloader rolled back but the previous apps are unknown; 120 nothing could be restored.

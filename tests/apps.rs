@@ -376,7 +376,8 @@ fn preloaded() -> AppScene {
 
 #[test]
 fn never_updated_device_rolls_back_to_its_preloaded_apps() {
-    // Reference 9.1 number 24.
+    // The case of aklite-offline's own test RollbackToInitialTargetIfAppDrivenRolllback: a
+    // device never updated whose new app fails gets its preloaded apps back.
     let mut s = preloaded();
     let f = s.f.name.clone();
     let bad = failing_app(&s, "exits");
@@ -401,7 +402,8 @@ fn never_updated_device_rolls_back_to_its_preloaded_apps() {
 
 #[test]
 fn unreadable_record_gives_110_after_bootloader_rollback() {
-    // Reference 9.1 number 25.
+    // The case of aklite-offline's own test RollbackToUnknown: a bootloader rollback with
+    // the previous apps unknown is 110.
     let mut s = on_version_2();
     let f = s.f.name.clone();
     let b = s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3")])]);
@@ -423,7 +425,8 @@ fn unreadable_record_gives_110_after_bootloader_rollback() {
 
 #[test]
 fn unreadable_record_gives_120_when_apps_fail() {
-    // Reference 9.1 number 26.
+    // The case of aklite-offline's own test RollbackToUnknownIfAppDrivenRolllback: apps fail
+    // and the previous ones are unknown: 120.
     let mut s = on_version_2();
     let bad = failing_app(&s, "exits");
     let b = s.bundle(vec![T::new("3", vec![bad])]);

@@ -1,5 +1,5 @@
-//! `check` on a bundle this project did not generate: the test vectors of the reference
-//! (bundle-format.md 2.7), laid out as `fioctl targets offline-update` lays out a bundle.
+//! `check` on a bundle this project did not generate: the worked example of
+//! docs/bundle-format.md, laid out as `fioctl targets offline-update` lays out a bundle.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! The generator against reference `bundle-format.md` 2.7 (byte for byte) and the
-//! on-disk layout of section 1 / checklist of section 5.
+//! The generator against the worked example of docs/bundle-format.md (byte for byte) and
+//! the on-disk layout described there.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use test_kit::gen::{self, tuf, AppSpec, BundleSpec, Factory, PrivateKey, Role, TargetSpec};
 use usb_update::tuf::keys::{decode_sig, PublicKey};
 
-// Reference 2.7, copied verbatim: each is the exact file content, no trailing newline.
+// The worked example, verbatim: each is the exact file content, no trailing newline.
 const ROOT1: &str = include_str!("fixtures/reference-2.7/1.root.json");
 const ROOT2: &str = include_str!("fixtures/reference-2.7/2.root.json");
 const TARGETS: &str = include_str!("fixtures/reference-2.7/targets.json");
@@ -99,7 +99,7 @@ fn reference_vectors_byte_for_byte() {
     );
     assert_eq!(text(&tuf::sign(bt_signed, &[&a]).unwrap()), BUNDLE_TARGETS);
 
-    // Lengths and hashes the reference states.
+    // Lengths and hashes the worked example states.
     let lens = [
         (ROOT1, 919),
         (ROOT2, 1288),

@@ -18,10 +18,12 @@
 //! - `uboot_generic` U-Boot counts every boot (no `upgrade_available` gate), so only the
 //!   counter is reset; aktualizr-lite has no printenv command for it, hence no boot firmware
 //!   support either.
-//! - `fioefi` is not in the libaktualizr source we could read; the seed's description
-//!   (reference/aklite-offline.md §3.3, §5.5) gives it fiovb's variables, and aktualizr-lite
-//!   runs its tools with `FIO_OSTREE_TARGET_SYSROOT=<new deployment>` in `installNotify`
-//!   (our [`BootEnv::check_boot_firmware`]), so the tool can find the new firmware.
+//! - `fioefi` is not in the libaktualizr source we could read; it is described as fiovb
+//!   with tools of its own (`fioefi_printenv`/`fioefi_setenv`): the same variables, set at
+//!   the same moments (boot OK at start, update notify before a deploy). aktualizr-lite runs
+//!   its tools with `FIO_OSTREE_TARGET_SYSROOT=<new deployment>` in `installNotify` (our
+//!   [`BootEnv::check_boot_firmware`]), so the tool can find the new firmware.
+//!   docs/architecture.md, "Bootloader backends", sums the backends up.
 //! - `bootupgrade_available` is never cleared by aktualizr-lite: the LmP boot script clears it
 //!   when the reboot has applied the new firmware. Clearing it from userspace would cancel the
 //!   firmware update, so there is no such operation here; a test that simulates that reboot

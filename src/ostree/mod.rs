@@ -2,8 +2,8 @@
 //!
 //! Which deployment counts as booted depends on `[pacman] booted`: the real booted one, the
 //! default one (`staged`, aktualizr-lite's test setting for a sysroot that is not booted), or
-//! the one named by the simulation files (`simulated`, see the README: a test double for the
-//! reboot and the bootloader, active only when configured).
+//! the one named by the simulation files (`simulated`, see docs/architecture.md: a test
+//! double for the reboot and the bootloader, active only when configured).
 //!
 //! - [`scan_bundle_commit`] ([`stick_repo`]): the bundle's repo, checked and walked by us;
 //! - [`pull_from_bundle`] ([`pull`]): the commit from the stick into the sysroot repo;

@@ -161,7 +161,7 @@ pub fn aklite_double(root: &Path) -> (PathBuf, PathBuf) {
     (systemctl, active)
 }
 
-/// The LED patterns of the README.
+/// The LED patterns of docs/operator-guide.md.
 pub fn led(trigger: &str, on: &str, off: &str) -> (String, String, String) {
     (trigger.into(), on.into(), off.into())
 }

@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn sorts_members_and_drops_whitespace() {
-        // The jsoncpp test vector quoted in the reference.
+        // libaktualizr's own test vector for its canonical writer (jsoncpp).
         let v: Value = serde_json::from_str(r#"{"b":0,"a":[1,2,{}],"0":"x"}"#).unwrap();
         assert_eq!(canon(v), r#"{"0":"x","a":[1,2,{}],"b":0}"#);
     }

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn reference_key_ids() {
-        // Reference section 2.7, keys A and B.
+        // Keys A and B of the worked example (docs/bundle-format.md).
         let a = PrivateKey::ed25519_from_seed(seed(0));
         assert_eq!(
             a.public_json()["keyval"]["public"],

@@ -149,7 +149,8 @@ pub fn init(sysroot: &Path, os: &str) -> anyhow::Result<()> {
         .args(["set", "sysroot.bootloader", "none"]))
 }
 
-/// Write `<sysroot>/.usb-update-sim/{booted,boot_id}` (the README's simulated reboot).
+/// Write `<sysroot>/.usb-update-sim/{booted,boot_id}` (the simulated reboot of
+/// docs/architecture.md).
 pub fn simulate_reboot(sysroot: &Path, csum: &str, boot_id: &str) -> anyhow::Result<()> {
     let dir = sysroot.join(SIM_DIR);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,4 +1,4 @@
-//! Compose apps in an app store laid out like a bundle's `apps/` (reference 1.4), as
+//! Compose apps in an app store laid out like a bundle's `apps/` (docs/bundle-format.md), as
 //! composeapp publishes them and composectl / ci-scripts store them.
 
 use std::collections::BTreeMap;

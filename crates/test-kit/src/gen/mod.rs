@@ -1,6 +1,6 @@
 //! Writer of byte-compatible offline-update bundles, for tests, the demo and benchmarks.
 //!
-//! Follows `reference/bundle-format.md` sections 1, 2 and 5: `tuf/` in canonical JSON with
+//! Follows docs/bundle-format.md (layout, TUF flavour): `tuf/` in canonical JSON with
 //! Foundries key ids, `ostree_repo/` a real archive repo written by libostree, `apps/` an
 //! app store with real OCI images. Everything is deterministic (keys from seeds, fixed
 //! commit time, reproducible tars), and every layer is exposed so tests can build attacks:

@@ -98,7 +98,7 @@ pub struct ImageConfig {
     pub healthcheck: Option<Healthcheck>,
 }
 
-/// Manifest flavour. Reference apps-loading.md: bundles made with `skopeo copy --format v2s2`
+/// Manifest flavour. composectl's image loading: bundles made with `skopeo copy --format v2s2`
 /// carry Docker schema 2; registries also serve OCI. A loader must take both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ImageFormat {

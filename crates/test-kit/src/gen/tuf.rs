@@ -1,4 +1,4 @@
-//! TUF metadata building blocks, in the Foundries flavour (reference sections 2 and 5).
+//! TUF metadata building blocks, in the Foundries flavour (docs/bundle-format.md).
 //!
 //! Every function returns plain `serde_json::Value`s so that tests can take any of them apart,
 //! change a member and sign the result with whatever key they like: attacks are built from the
@@ -113,7 +113,8 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
-    /// `<hwid>-lmp-<version>`, tag `devel`, no apps: the shape of reference 2.7.
+    /// `<hwid>-lmp-<version>`, tag `devel`, no apps: the shape of the worked example in
+    /// docs/bundle-format.md.
     pub fn new(hwid: &str, version: &str, commit: &str) -> TargetSpec {
         TargetSpec {
             name: format!("{hwid}-lmp-{version}"),
