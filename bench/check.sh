@@ -8,9 +8,11 @@ runs=${RUNS:-20}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cargo build --release --quiet --bin usb-update --example make-bundle
+cargo build --release --quiet -p test-kit --bin make-bundle
+# The device binary with its simulated boot (the sandbox is never booted), nothing else.
+cargo build --release --quiet -p usb-update --features simulation --bin usb-update
 bin=target/release/usb-update
-target/release/examples/make-bundle --out "$work/bundle" --targets 1000 --rotations 3 \
+target/release/make-bundle --out "$work/bundle" --targets 1000 --rotations 3 \
   --device-root-dir "$work/tuf" --device-roots 1 >/dev/null
 
 mkdir -p "$work/conf" "$work/policy" "$work/var" "$work/sysroot"

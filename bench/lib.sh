@@ -20,9 +20,11 @@ mount_stick() {
 }
 
 bench_build() {
-  cargo build --release --quiet --bin usb-update --example make-bundle
+  cargo build --release --quiet -p test-kit --bin make-bundle
+  # The device binary with its simulated boot (the sandbox is never booted), nothing else.
+  cargo build --release --quiet -p usb-update --features simulation --bin usb-update
   bin=$PWD/target/release/usb-update
-  make_bundle=$PWD/target/release/examples/make-bundle
+  make_bundle=$PWD/target/release/make-bundle
 }
 
 # sysroot DIR IMAGE_REPO COMMIT: an OSTree sysroot at DIR running COMMIT of IMAGE_REPO.

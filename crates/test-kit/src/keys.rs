@@ -125,10 +125,7 @@ mod tests {
     }
 
     fn rsa(bits: u32) -> PrivateKey {
-        let path = format!(
-            "{}/../../tests/fixtures/keys/rsa{bits}.pem",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/keys/rsa{bits}.pem", env!("CARGO_MANIFEST_DIR"));
         PrivateKey::rsa_from_pkcs8_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 

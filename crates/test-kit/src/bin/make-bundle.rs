@@ -1,6 +1,6 @@
 //! Write an offline-update bundle (and optionally the device's provisioned roots).
 //!
-//! `cargo run --example make-bundle -- --out DIR [--hwid H] [--version V] [--rootfs-version W]
+//! `cargo run -p test-kit --bin make-bundle -- --out DIR [--hwid H] [--version V] [--rootfs-version W]
 //! [--tag T] [--apps N] [--app-layer-bytes L] [--rotations R] [--targets K]
 //! [--device-root-dir D] [--device-roots M] [--bulk-files F --bulk-bytes B]
 //! [--rootfs-dir R | --rootfs-commit C]`

@@ -35,7 +35,7 @@ mod tests {
     /// Every seed passes its check, and the checked-in seed files are the seeds as built.
     #[test]
     fn seeds_pass_and_are_checked_in() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
         for (name, check, seeds) in TARGETS {
             let dir = root.join(name);
             if std::env::var_os("USB_UPDATE_WRITE_SEEDS").is_some() {
@@ -60,7 +60,7 @@ mod tests {
                 assert_eq!(
                     std::fs::read(&file).ok().as_ref(),
                     Some(seed),
-                    "{} is not the seed as built (USB_UPDATE_WRITE_SEEDS=1 cargo test \
+                    "{} is not the seed as built (USB_UPDATE_WRITE_SEEDS=1 cargo test -p test-kit \
                      --lib fuzzing writes them)",
                     file.display()
                 );

@@ -106,7 +106,7 @@ impl Factory {
         Ok(f)
     }
 
-    /// Root v1 with the RSA-2048 fixture key (`tests/fixtures/keys/rsa2048.pem`) for every
+    /// Root v1 with the RSA-2048 fixture key (`crates/test-kit/keys/rsa2048.pem`) for every
     /// role, as a factory with RSA online keys. Later rotations add Ed25519 root keys.
     pub fn rsa() -> anyhow::Result<Factory> {
         let key = Arc::new(fixture_rsa_key(2048)?);
@@ -249,12 +249,9 @@ pub fn ed25519_key(label: &str) -> PrivateKey {
     PrivateKey::ed25519_from_seed(seed)
 }
 
-/// One of the pre-generated RSA keys in `tests/fixtures/keys/` (1024, 2048, 3072, 4096 bits).
+/// One of the pre-generated RSA keys in `crates/test-kit/keys/` (1024, 2048, 3072, 4096 bits).
 pub fn fixture_rsa_key(bits: u32) -> anyhow::Result<PrivateKey> {
-    let path = format!(
-        "{}/tests/fixtures/keys/rsa{bits}.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/keys/rsa{bits}.pem", env!("CARGO_MANIFEST_DIR"));
     let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     PrivateKey::rsa_from_pkcs8_pem(&pem).with_context(|| format!("parsing {path}"))
 }
