@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak memory and time of the hostile-stick cases (those of tests/hostile_stick.rs): each case is
+# Peak memory and time of the hostile-stick cases (those of tests/privileged/hostile_stick.rs): each case is
 # an ext4 stick image holding the bundle with one hostile thing planted, loop-mounted
 # read-only and nodev as the agent mounts it, and `usb-update install --src-dir` on it (the
 # stick-root listing goes through `agent handle`, which finds the bundle). Baseline: the

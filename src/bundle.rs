@@ -237,20 +237,14 @@ mod tests {
             std::fs::write(d.path().join(format!("tuf/{i}.x")), b"").unwrap();
         }
         let b = Bundle::open(d.path()).unwrap();
-        for (rel, what) in [
-            (
-                "apps/blobs/sha256/fifo",
-                "is a FIFO, not a regular file: refused",
-            ),
-        ] {
-            let e = b.open_file(rel).unwrap_err();
-            assert_eq!(e.code(), Code::InvalidBundle, "{rel}");
-            assert!(
-                e.one_line().ends_with(&format!("{rel} {what}")),
-                "{}",
-                e.one_line()
-            );
-        }
+        let e = b.open_file("apps/blobs/sha256/fifo").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidBundle);
+        assert!(
+            e.one_line()
+                .ends_with("apps/blobs/sha256/fifo is a FIFO, not a regular file: refused"),
+            "{}",
+            e.one_line()
+        );
         let e = b.read_capped("tuf/timestamp.json", META_CAP).unwrap_err();
         assert_eq!(e.code(), Code::InvalidBundle);
         let e = b.list_dir_capped("tuf", 20).unwrap_err();

@@ -4,7 +4,7 @@
 //! Compiled in only with the cargo feature `failpoints` (off by default; the tests turn it
 //! on): a device build has no such hook, whatever its environment.
 //!
-//! Every name passed to [`hit`] is in [`POINTS`]; `tests/faults_crash.rs` checks that the
+//! Every name passed to [`hit`] is in [`POINTS`]; `tests/privileged/faults_crash.rs` checks that the
 //! call sites and the list agree and that a scenario kills the process at each one.
 
 /// Every crash point, in the order a full update meets them.

@@ -288,7 +288,7 @@ impl Drop for Step<'_> {
 /// A failure after boot counting was armed (a full disk at the deploy or at the records):
 /// disarm it and take the new deployment back, or the next boot would start an update
 /// nobody recorded, and a device that reboots often would count its way into the rollback
-/// deployment. A crash skips this; the next attempt converges instead (tests/crash.rs).
+/// deployment. A crash skips this; the next attempt converges instead (tests/privileged/crash.rs).
 struct Undo<'a> {
     pacman: &'a crate::config::Pacman,
     bootenv: &'a BootEnv,

@@ -1,5 +1,5 @@
 //! cargo-fuzz entry of `bundle_tree`; the target itself is `fuzz/targets/bundle_tree.rs`,
-//! which `tests/fuzz_replay.rs` also runs on every input of `fuzz/corpus/bundle_tree/`.
+//! which `tests/unprivileged/fuzz_replay.rs` also runs on every input of `fuzz/corpus/bundle_tree/`.
 #![no_main]
 
 #[path = "../targets/bundle_tree.rs"]

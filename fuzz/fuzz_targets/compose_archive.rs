@@ -1,5 +1,5 @@
 //! cargo-fuzz entry of `compose_archive`; the target itself is `fuzz/targets/compose_archive.rs`, which
-//! `tests/fuzz_replay.rs` also runs on every input of `fuzz/corpus/compose_archive/`.
+//! `tests/unprivileged/fuzz_replay.rs` also runs on every input of `fuzz/corpus/compose_archive/`.
 #![no_main]
 
 #[path = "../targets/compose_archive.rs"]

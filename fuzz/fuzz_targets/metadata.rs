@@ -1,5 +1,5 @@
 //! cargo-fuzz entry of `metadata`; the target itself is `fuzz/targets/metadata.rs`, which
-//! `tests/fuzz_replay.rs` also runs on every input of `fuzz/corpus/metadata/`.
+//! `tests/unprivileged/fuzz_replay.rs` also runs on every input of `fuzz/corpus/metadata/`.
 #![no_main]
 
 #[path = "../targets/metadata.rs"]

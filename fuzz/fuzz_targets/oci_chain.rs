@@ -1,5 +1,5 @@
 //! cargo-fuzz entry of `oci_chain`; the target itself is `fuzz/targets/oci_chain.rs`, which
-//! `tests/fuzz_replay.rs` also runs on every input of `fuzz/corpus/oci_chain/`.
+//! `tests/unprivileged/fuzz_replay.rs` also runs on every input of `fuzz/corpus/oci_chain/`.
 #![no_main]
 
 #[path = "../targets/oci_chain.rs"]

@@ -1,4 +1,4 @@
-//! Shared by the kill -9 suites (tests/faults_crash.rs, tests/faults_apps.rs): which scenario kills the process at
+//! Shared by the kill -9 suites (tests/privileged/faults_crash.rs, tests/privileged/faults_apps.rs): which scenario kills the process at
 //! which crash point (`USB_UPDATE_CRASH_AT`), how a kill is recognised, and the device's
 //! state by role (NEW: the version being installed, CUR: the one running before, OLD:
 //! older), so that an interrupted update can be compared with an uninterrupted one.

@@ -25,14 +25,14 @@ macro_rules! replay {
 }
 
 replay! {
-    bundle_discovery => "../fuzz/targets/bundle_discovery.rs",
-    bundle_tree => "../fuzz/targets/bundle_tree.rs",
-    compose_archive => "../fuzz/targets/compose_archive.rs",
-    compose_file => "../fuzz/targets/compose_file.rs",
-    config_policy => "../fuzz/targets/config_policy.rs",
-    metadata => "../fuzz/targets/metadata.rs",
-    oci_chain => "../fuzz/targets/oci_chain.rs",
-    signature_manifest => "../fuzz/targets/signature_manifest.rs",
+    bundle_discovery => "../../fuzz/targets/bundle_discovery.rs",
+    bundle_tree => "../../fuzz/targets/bundle_tree.rs",
+    compose_archive => "../../fuzz/targets/compose_archive.rs",
+    compose_file => "../../fuzz/targets/compose_file.rs",
+    config_policy => "../../fuzz/targets/config_policy.rs",
+    metadata => "../../fuzz/targets/metadata.rs",
+    oci_chain => "../../fuzz/targets/oci_chain.rs",
+    signature_manifest => "../../fuzz/targets/signature_manifest.rs",
 }
 
 fn fuzz_dir() -> PathBuf {

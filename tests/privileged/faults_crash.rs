@@ -4,19 +4,17 @@
 //! point's final state must be the one an uninterrupted update gives (deployments, state,
 //! pending marker, bootloader environment), and nothing from before may be lost. Also: the
 //! list of points against the call sites, and the reboot loop (`[update] boot_attempts`).
-//! Compose devices: tests/faults_apps.rs.
+//! Compose devices: tests/privileged/faults_apps.rs.
 //!
 //! Scenes are progressive: one device updates version after version, a reference update
 //! without a kill first; states are compared after replacing commits, names and digests by
 //! their role (NEW: the version being installed, CUR: the one running before, OLD: older).
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::crashes::*;
-use common::stick::Stick;
-use common::{Device, DeviceSpec, Run, HWID};
+use crate::common::crashes::*;
+use crate::common::stick::Stick;
+use crate::common::{Device, DeviceSpec, Run, HWID};
 use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 use usb_update::failpoint::POINTS;
 
@@ -328,7 +326,7 @@ fn agent_killed_at_every_point_converges() {
     agent_policy(&p.d);
     // An aktualizr-lite that runs (a file says so) and a systemctl that drives it.
     let root = p.d.tmp.path().to_path_buf();
-    let (systemctl, aklite) = common::agent_rig::aklite_double(&root);
+    let (systemctl, aklite) = crate::common::agent_rig::aklite_double(&root);
     std::fs::write(
         p.d.policy.join("30-aklite.toml"),
         format!(

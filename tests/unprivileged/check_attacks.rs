@@ -2,12 +2,10 @@
 //! as an operator would, and asserts the exit code, the one-line reason, and that neither
 //! the device nor the bundle changed.
 
-mod common;
-
 use std::path::Path;
 
-use common::attack::{bundle, refused, setup};
-use common::{Device, DeviceSpec, Unchanged, HWID};
+use crate::common::attack::{bundle, refused, setup};
+use crate::common::{Device, DeviceSpec, Unchanged, HWID};
 use serde_json::{json, Value};
 use test_kit::gen::{
     self, sign, to_bytes, write_bundle, write_content, BundleSpec, BundleTargets, Factory, Role,

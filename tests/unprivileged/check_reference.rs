@@ -1,11 +1,9 @@
 //! `check` on a bundle this project did not generate: the worked example of
 //! docs/bundle-format.md, laid out as `fioctl targets offline-update` lays out a bundle.
 
-mod common;
-
 use std::path::Path;
 
-use common::{Device, DeviceSpec, Unchanged};
+use crate::common::{Device, DeviceSpec, Unchanged};
 use test_kit::gen::Factory;
 
 const COMMIT: &str = "7d3b31b5462227e668378cd275a610290d9850223058c314a114038427d16ddb";

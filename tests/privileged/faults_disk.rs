@@ -5,12 +5,10 @@
 //! is 60 with a message naming the path, nothing lost or half done, and once the space is
 //! back the same stick installs.
 
-mod common;
-
-use common::apps::{app, AppScene, T};
-use common::faults::{self, code, usb_update, Out, SmallDisk, Snapshot};
-use common::scene::{deployments, scene, scene_in};
-use common::Device;
+use crate::common::apps::{app, AppScene, T};
+use crate::common::faults::{self, code, usb_update, Out, SmallDisk, Snapshot};
+use crate::common::scene::{deployments, scene, scene_in};
+use crate::common::Device;
 
 /// `install` held at `point`, the disk filled there, then let go.
 fn install_on_full(d: &Device, bundle: &std::path::Path, point: &str, full: &SmallDisk) -> Out {
@@ -111,7 +109,7 @@ fn full_state_disk_at_the_records_takes_the_deployment_back() {
 }
 
 fn no_tmp_files(d: &Device) -> bool {
-    let left: Vec<_> = common::fingerprint(&d.storage)
+    let left: Vec<_> = crate::common::fingerprint(&d.storage)
         .into_keys()
         .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect();
@@ -158,7 +156,7 @@ fn full_app_store_and_engine_root_are_60_and_the_retry_installs() {
     drop(engine_disk);
 }
 
-fn out(r: common::Run) -> Out {
+fn out(r: crate::common::Run) -> Out {
     Out {
         code: r.code,
         stdout: r.stdout,

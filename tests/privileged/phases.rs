@@ -2,11 +2,9 @@
 //! (a real sysroot, a private dockerd) report each phase once it finished, with its
 //! duration, under the `usb_update::phase` target; the default log level shows none.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::apps::{app, AppScene, T};
+use crate::common::apps::{app, AppScene, T};
 
 const PHASES_ON: &[(&str, &str)] = &[("USB_UPDATE_LOG", "warn,usb_update::phase=info")];
 

@@ -1,8 +1,6 @@
 //! `usb-update current`: the running target, read-only.
 
-mod common;
-
-use common::{Device, DeviceSpec, Unchanged, HWID};
+use crate::common::{Device, DeviceSpec, Unchanged, HWID};
 use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 
 fn compose_device(f: &Factory) -> Device {

@@ -1,17 +1,15 @@
 //! `install` and `run` for an OSTree-only device, on a real libostree sysroot in a temp dir,
 //! with the reboot and the bootloader simulated through the documented files.
 
-mod common;
-
 use std::path::Path;
 
-use common::scene::{deployments, scene, state};
-use common::{Unchanged, HWID};
+use crate::common::scene::{deployments, scene, state};
+use crate::common::{Unchanged, HWID};
 use test_kit::gen::{ostree as gost, TargetSpec};
 use test_kit::testsys::TestSysroot;
 
 #[track_caller]
-fn code(r: &common::Run, want: i32) {
+fn code(r: &crate::common::Run, want: i32) {
     assert_eq!(r.code, want, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
 }
 

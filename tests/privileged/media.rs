@@ -2,8 +2,7 @@
 //! are taken, the read-only mount and its one writable moment, the bundle on the stick, the
 //! udev monitor, the automount directory watch, and the udev rule itself.
 
-#[path = "common/udev.rs"]
-mod udev_support;
+use crate::common::udev as udev_support;
 
 use std::fs;
 use std::os::unix::fs::symlink;

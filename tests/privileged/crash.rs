@@ -2,14 +2,12 @@
 //! point, then run again: they converge, the state is consistent, and the sysroot holds
 //! exactly the deployments it should.
 
-mod common;
-
-use common::scene::{deployments, scene, state};
+use crate::common::scene::{deployments, scene, state};
 
 const CRASH: &str = "USB_UPDATE_CRASH_AT";
 
 #[track_caller]
-fn crashed(r: &common::Run) {
+fn crashed(r: &crate::common::Run) {
     assert_eq!(
         r.code, -1,
         "expected a SIGKILL\nstdout:\n{}\nstderr:\n{}",

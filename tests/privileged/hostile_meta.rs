@@ -5,14 +5,12 @@
 //! nothing on the device (stored TUF files, state, deployments) or the bundle changed.
 //! Peak memory of these cases is measured by `bench/hostile-meta.sh`, not here.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::attack::{bundle, operator_key, refused, setup, sign_bundle};
-use common::scene::{deployments, scene};
-use common::{Device, Unchanged, HWID};
+use crate::common::attack::{bundle, operator_key, refused, setup, sign_bundle};
+use crate::common::scene::{deployments, scene};
+use crate::common::{Device, Unchanged, HWID};
 use serde_json::{json, Value};
 use test_kit::gen::{self, to_bytes, write_bundle, write_content, BundleSpec, Factory};
 
@@ -316,7 +314,7 @@ fn a_huge_sparse_file_in_signed_tuf_is_refused_by_its_size_before_any_hashing() 
         .open(bb.tuf_file("targets.json"))
         .unwrap();
     // The device only: fingerprinting the bundle would read the 20 GiB.
-    let before = common::fingerprint(d.tmp.path());
+    let before = crate::common::fingerprint(d.tmp.path());
     file.set_len(20 << 30).unwrap();
     d.check(b.path(), &[]).assert(
         105,
@@ -324,7 +322,7 @@ fn a_huge_sparse_file_in_signed_tuf_is_refused_by_its_size_before_any_hashing() 
             "tuf/targets.json changed since the bundle was signed (21474836480 bytes, {signed} signed)"
         ),
     );
-    let mut after = common::fingerprint(d.tmp.path());
+    let mut after = crate::common::fingerprint(d.tmp.path());
     for p in ["run", "run/lock", "run/lock/aklite.lock"] {
         if !before.contains_key(Path::new(p)) {
             after.remove(Path::new(p));

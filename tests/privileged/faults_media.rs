@@ -2,14 +2,12 @@
 //! read EIO) at the points that matter, and a stick that reads back bad data. Each case:
 //! the exact exit code and message, the LEDs and status the operator sees, nothing on the
 //! device changed (sysroot, state, store, images), and a good stick installs afterwards.
-//! The pull at the first blob copy is in tests/agent.rs.
+//! The pull at the first blob copy is in tests/privileged/agent.rs.
 
-mod common;
-
-use common::agent_rig::{error_led, led, stick_with, Rig};
-use common::apps::{app, T};
-use common::faults::{code, corrupt, pull, Snapshot};
-use common::scene::deployments;
+use crate::common::agent_rig::{error_led, led, stick_with, Rig};
+use crate::common::apps::{app, T};
+use crate::common::faults::{code, corrupt, pull, Snapshot};
+use crate::common::scene::deployments;
 
 /// Pulled while the TUF metadata is read, then a stick whose largest blob reads back
 /// corrupted, then pulled during the rootfs pull: 50 each time, nothing changed; a good
@@ -90,7 +88,7 @@ fn stick_pulled_or_corrupt_before_the_deploy_is_50_and_the_next_stick_installs()
     assert_eq!(deployments(&r.s.d), vec![r.s.commits["1"].clone()]);
     assert!(!r.s.d.state_dir().join("pending").exists());
     let state = r.s.d.state_dir().join("state.json");
-    assert!(!state.exists() || common::scene::state(&r.s.d)["pending"].is_null());
+    assert!(!state.exists() || crate::common::scene::state(&r.s.d)["pending"].is_null());
     assert!(!has_commit(&r, &r.s.commits["2"]));
     assert!(no_partial_blobs(&r), "partial blobs left in the store");
     drop(stick);

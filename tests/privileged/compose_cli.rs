@@ -3,8 +3,7 @@
 //! from a docker-save tar built here (no registry), and a compose file that pins the image
 //! by a digest no registry can resolve, as Foundries apps do.
 
-#[path = "common/dockerd.rs"]
-mod dockerd;
+use crate::common::dockerd;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

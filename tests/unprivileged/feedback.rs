@@ -2,8 +2,6 @@
 //! `/sys/class/leds`, a regular file standing in for a console, `status.json`, the report
 //! written onto a stick, and `status()` on a sandboxed device.
 
-mod common;
-
 use std::fs;
 use std::path::PathBuf;
 
@@ -227,7 +225,7 @@ fn target(name: &str, version: u64) -> InstalledTarget {
 #[test]
 fn status_shows_the_live_phase_the_pending_installation_and_the_last_results() {
     let f = Factory::new().unwrap();
-    let d = common::Device::new(&f);
+    let d = crate::common::Device::new(&f);
     let run_dir = d.tmp.path().join("run/usb-update");
     d.set_policy(&format!(
         "[agent]\nrun_dir = \"{}\"\n[feedback]\nconsoles = []\n",

@@ -4,18 +4,16 @@
 //! started again, LEDs, the report, the reboot), and the same insertion is never taken
 //! twice when udev announced it and the "automounter" mounts it too.
 
-mod common;
-
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::agent_rig::{error_led, stick_labelled, Rig};
-use common::apps::{app, T};
-use common::attack::{operator_key, sign_bundle};
-use common::scene::{deployments, state};
+use crate::common::agent_rig::{error_led, stick_labelled, Rig};
+use crate::common::apps::{app, T};
+use crate::common::attack::{operator_key, sign_bundle};
+use crate::common::scene::{deployments, state};
 
 /// The label of this test's sticks: `agent watch` sees every block device udev announces,
 /// and with `[media] labels` it leaves other tests' sticks alone.

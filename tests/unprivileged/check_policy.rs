@@ -1,12 +1,10 @@
 //! Target selection and the device policy, through `usb-update check` on a sandboxed device
 //! that runs a known target (simulated boot into its commit).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Device, DeviceSpec, Unchanged, HWID};
+use crate::common::{Device, DeviceSpec, Unchanged, HWID};
 use test_kit::gen::{self, write_bundle, write_content, BundleSpec, BundleTargets, Factory};
 
 /// A bundle whose TUF targets are versions `all` (commits in its repo), of which it lists
@@ -43,7 +41,7 @@ fn setup() -> (Factory, Device, tempfile::TempDir) {
 }
 
 #[track_caller]
-fn check(d: &Device, b: &Path, args: &[&str], code: i32, reason: &str) -> common::Run {
+fn check(d: &Device, b: &Path, args: &[&str], code: i32, reason: &str) -> crate::common::Run {
     let before = Unchanged::new(d, b);
     let r = d.check(b, args);
     r.assert(code, reason);

@@ -10,12 +10,12 @@ use test_kit::gen::{self, tuf, AppSpec, BundleSpec, Factory, PrivateKey, Role, T
 use usb_update::tuf::keys::{decode_sig, PublicKey};
 
 // The worked example, verbatim: each is the exact file content, no trailing newline.
-const ROOT1: &str = include_str!("fixtures/reference-2.7/1.root.json");
-const ROOT2: &str = include_str!("fixtures/reference-2.7/2.root.json");
-const TARGETS: &str = include_str!("fixtures/reference-2.7/targets.json");
-const SNAPSHOT: &str = include_str!("fixtures/reference-2.7/snapshot.json");
-const TIMESTAMP: &str = include_str!("fixtures/reference-2.7/timestamp.json");
-const BUNDLE_TARGETS: &str = include_str!("fixtures/reference-2.7/bundle-targets.json");
+const ROOT1: &str = include_str!("../fixtures/reference-2.7/1.root.json");
+const ROOT2: &str = include_str!("../fixtures/reference-2.7/2.root.json");
+const TARGETS: &str = include_str!("../fixtures/reference-2.7/targets.json");
+const SNAPSHOT: &str = include_str!("../fixtures/reference-2.7/snapshot.json");
+const TIMESTAMP: &str = include_str!("../fixtures/reference-2.7/timestamp.json");
+const BUNDLE_TARGETS: &str = include_str!("../fixtures/reference-2.7/bundle-targets.json");
 
 const EXPIRES: &str = "2030-01-01T00:00:00Z";
 

@@ -9,15 +9,13 @@
 //! one command are also chained once: killed at the first, the re-run is killed at the
 //! next, and so on (a crash after a crash), then once more to the end.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::apps::{app, AppScene, T};
-use common::crashes::*;
-use common::stick::Stick;
-use common::Run;
+use crate::common::apps::{app, AppScene, T};
+use crate::common::crashes::*;
+use crate::common::stick::Stick;
+use crate::common::Run;
 use test_kit::gen::AppSpec;
 
 /// A Compose device updating version after version, one bundle per update.

@@ -493,7 +493,7 @@ fn simulated_booted_deployment_is_the_merge_deployment() {
     assert!(!has_commit(&sys, &v2), "pruned with its deployment");
 }
 
-/// `cargo test --release --test ostree_sysroot -- --ignored --nocapture`: our pull next to
+/// `cargo test --release --features privileged-tests --test privileged -- --ignored --nocapture ostree_sysroot::bench`: our pull next to
 /// `ostree pull-local --untrusted` on the same ~50 MB commit.
 #[test]
 #[ignore]

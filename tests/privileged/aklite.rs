@@ -4,13 +4,11 @@
 //! (pending, current, bad, the reboot flag and sentinel, the metadata), its import file
 //! when it has no database yet, `current-target`, the callback program, the policy for an
 //! unknown running version, and the aklite-offline personality. Kills between our state
-//! and the database: tests/faults_crash.rs.
-
-mod common;
+//! and the database: tests/privileged/faults_crash.rs.
 
 use std::collections::BTreeMap;
 
-use common::{Device, DeviceSpec, Run, Unchanged, AKLITE_SERIAL, HWID};
+use crate::common::{Device, DeviceSpec, Run, Unchanged, AKLITE_SERIAL, HWID};
 use serde_json::json;
 use test_kit::gen::{self, ostree as gost, write_bundle, write_content, BundleSpec, Factory};
 use test_kit::testdb::{self, TestRow};

@@ -2,17 +2,15 @@
 //! scratch: install copies blobs and loads images, run starts the apps and checks them,
 //! failures roll back. The reboot and the bootloader are simulated as in `install_run.rs`.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::apps::{app, AppScene, T};
-use common::scene::{deployments, state};
-use common::Unchanged;
+use crate::common::apps::{app, AppScene, T};
+use crate::common::scene::{deployments, state};
+use crate::common::Unchanged;
 use test_kit::gen::{AppSpec, Hostile};
 
 #[track_caller]
-fn code(r: &common::Run, want: i32) {
+fn code(r: &crate::common::Run, want: i32) {
     assert_eq!(r.code, want, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
 }
 
@@ -524,7 +522,7 @@ fn install_killed_after_the_copy_converges_on_the_next_attempt() {
         &["--src-dir", bundle],
         &[("USB_UPDATE_CRASH_AT", "install-apps-fetched")],
     );
-    common::crashes::killed(&s.d, &r, "install-apps-fetched");
+    crate::common::crashes::killed(&s.d, &r, "install-apps-fetched");
     let copied = blobs(&s);
     assert!(!copied.is_empty());
     assert!(state_file_absent(&s));

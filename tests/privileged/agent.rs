@@ -2,15 +2,13 @@
 //! dockerd, a real OSTree sysroot; reboot and Docker restart are the policy's commands, here
 //! scripts that log what they were asked to do, and the reboot is then simulated.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::apps::{app, AppScene, T};
-use common::faults::{spawn_paused, usb_update, Out, Paused};
-use common::scene::{deployments, state};
-use common::stick::Stick;
+use crate::common::apps::{app, AppScene, T};
+use crate::common::faults::{spawn_paused, usb_update, Out, Paused};
+use crate::common::scene::{deployments, state};
+use crate::common::stick::Stick;
 use test_kit::gen::AppSpec;
 
 struct Rig {
@@ -22,7 +20,7 @@ impl Rig {
     /// The fault suites' rig (tests/common/agent_rig.rs): the same device, LEDs, console
     /// and logged reboot and Docker restart commands.
     fn new() -> Rig {
-        let common::agent_rig::Rig { s, root } = common::agent_rig::Rig::new();
+        let crate::common::agent_rig::Rig { s, root } = crate::common::agent_rig::Rig::new();
         Rig { s, root }
     }
 
@@ -400,7 +398,7 @@ fn stick_left_in_after_a_rollback_is_not_tried_again() {
 fn aktualizr_lite_is_stopped_for_the_update_and_started_after_run() {
     let (r, b) = rig_with_v2();
     // A systemctl that logs its calls and says the unit is active.
-    let systemctl = common::agent_rig::fake_systemctl(&r.root);
+    let systemctl = crate::common::agent_rig::fake_systemctl(&r.root);
     std::fs::write(
         r.s.d.policy.join("30-aklite.toml"),
         format!(

@@ -3,15 +3,13 @@
 //! and a real sysroot, through `check` where it applies, `install` and `agent handle`. Every
 //! run must give the documented code with one clear line naming the object and the class of
 //! failure, leak no byte of a host secret the stick points at, leave the device as it was,
-//! start aktualizr-lite again and leave the stick unmounted (see `common::hostile`). Peak
+//! start aktualizr-lite again and leave the stick unmounted (see `crate::common::hostile`). Peak
 //! memory of each case is measured by `bench/hostile.sh`, not here.
-
-mod common;
 
 use std::path::Path;
 
-use common::faults::{SmallDisk, Snapshot};
-use common::hostile::{self, Hostile, Via::*, ALL, INSTALLING};
+use crate::common::faults::{SmallDisk, Snapshot};
+use crate::common::hostile::{self, Hostile, Via::*, ALL, INSTALLING};
 
 /// Case 1: libostree followed `ostree_repo/config -> /etc/shadow` and quoted its first line
 /// in its parse error, on the console and in the report.
@@ -55,13 +53,17 @@ fn a_writable_source_with_linked_scratch_directories_is_only_read() {
         let _ = std::fs::remove_dir_all(&at);
         hostile::link(&at, &elsewhere);
     }
-    let before = common::fingerprint(&src);
+    let before = crate::common::fingerprint(&src);
     let o = h.cli_on(Install, &src);
     assert_eq!(o.code, 100, "{}\n{}", o.stdout, o.stderr);
     let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
     assert!(left.is_empty(), "written through the links: {left:?}");
-    assert_eq!(common::fingerprint(&src), before, "the source changed");
-    assert_eq!(common::scene::deployments(&h.d)[0], h.v2);
+    assert_eq!(
+        crate::common::fingerprint(&src),
+        before,
+        "the source changed"
+    );
+    assert_eq!(crate::common::scene::deployments(&h.d)[0], h.v2);
 }
 
 /// Case 2: a FIFO where a file of the bundle belongs blocked the open forever (the unit's
@@ -193,7 +195,7 @@ fn an_update_that_makes_no_progress_is_ended_by_the_watchdog() {
     h.set_policy("[agent]\nstall_timeout = \"2s\"\n");
     let stick = h.stick(|_, _| {});
     let before = Snapshot::take(&h.d, None);
-    let mut cmd = common::faults::usb_update(&h.d, &["agent", "handle"], &[stick.devnode()]);
+    let mut cmd = crate::common::faults::usb_update(&h.d, &["agent", "handle"], &[stick.devnode()]);
     cmd.env("USB_UPDATE_PAUSE_AT", "pull-rootfs")
         .env("USB_UPDATE_PAUSE_FILE", h.root.join("paused"));
     let o = hostile::guarded(&mut cmd);
@@ -208,8 +210,8 @@ fn an_update_that_makes_no_progress_is_ended_by_the_watchdog() {
 /// the blob copy forever.
 #[test]
 fn a_fifo_for_an_app_blob_is_refused_at_once() {
-    use common::agent_rig::{error_led, Rig};
-    use common::apps::{app, T};
+    use crate::common::agent_rig::{error_led, Rig};
+    use crate::common::apps::{app, T};
     let mut r = Rig::new();
     let f = r.s.f.name.clone();
     let b = r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
@@ -230,9 +232,9 @@ fn a_fifo_for_an_app_blob_is_refused_at_once() {
         .unwrap();
     assert!(st.success());
     hostile::fifo(&dst.join(&rel));
-    let stick = common::stick::Stick::with(content.path(), "UPDATE");
+    let stick = crate::common::stick::Stick::with(content.path(), "UPDATE");
     let before = Snapshot::take(&r.s.d, Some(r.s.image_ids()));
-    let o = hostile::guarded(&mut common::faults::usb_update(
+    let o = hostile::guarded(&mut crate::common::faults::usb_update(
         &r.s.d,
         &["agent", "handle"],
         &[stick.devnode()],

@@ -10,15 +10,13 @@
 //! those writes). A copy of the backing file, mounted (its journal replayed as at boot),
 //! must hold each file we rewrite whole: its old content or its new one.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::faults::{code, spawn_paused, usb_update};
-use common::scene::scene;
+use crate::common::faults::{code, spawn_paused, usb_update};
+use crate::common::scene::scene;
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap();
@@ -99,7 +97,7 @@ fn state_files_are_old_or_new_after_a_power_cut() {
     let dir = s.d.state_dir();
     let fs = LoopFs::new(&image, &dir, "commit=600,noauto_da_alloc");
     let src = s.b.path().to_str().unwrap();
-    let target = |v: &str| format!("{}-lmp-{v}", common::HWID);
+    let target = |v: &str| format!("{}-lmp-{v}", crate::common::HWID);
 
     // The old state: an update done, everything on the disk.
     let r =

@@ -2,10 +2,8 @@
 //! formats, corrupt and unreadable blobs, a large layer in flat memory), an unreachable or
 //! lost engine, and the state of a compose project's containers.
 
-#[path = "common/dockerd.rs"]
-mod dockerd;
-#[path = "common/gate.rs"]
-mod gate;
+use crate::common::dockerd;
+use crate::common::gate;
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -4,16 +4,14 @@
 //! engine is back. And what is not an app failure: the engine restarted under `up`, or
 //! the compose CLI killed mid-way, while the engine answers: `up` once more, no rollback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::apps::{app, AppScene, T};
-use common::faults::{self, code, usb_update, Out, Snapshot};
-use common::gate::{Gate, Hold};
-use common::scene::{deployments, state};
+use crate::common::apps::{app, AppScene, T};
+use crate::common::faults::{self, code, usb_update, Out, Snapshot};
+use crate::common::gate::{Gate, Hold};
+use crate::common::scene::{deployments, state};
 
-fn out(r: common::Run) -> Out {
+fn out(r: crate::common::Run) -> Out {
     Out {
         code: r.code,
         stdout: r.stdout,
