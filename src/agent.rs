@@ -21,7 +21,7 @@ use crate::error::{Code, Error, Result};
 use crate::media::{self, Mount, Stick};
 use crate::medium::{Held, Medium};
 use crate::policy::Policy;
-use crate::state::{write_atomic, State};
+use crate::state::State;
 use crate::status::{Feedback, Pattern, Report};
 
 /// Where the config and the policy come from (the CLI's `-c` / `-p`).
@@ -472,7 +472,7 @@ impl Aklite {
             .status()
             .is_ok_and(|s| s.success());
         if active {
-            write_atomic(&Self::marker(policy), unit.as_bytes())?;
+            crate::durable::replace(&Self::marker(policy), unit.as_bytes())?;
             run_command(
                 &[policy.agent.systemctl.clone(), "stop".into(), unit.clone()],
                 "stopping aktualizr-lite",
@@ -549,7 +549,7 @@ impl Seen {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).context("serialising agent.json")?;
-        Ok(write_atomic(&Self::file(dir), &bytes)?)
+        Ok(crate::durable::replace(&Self::file(dir), &bytes)?)
     }
 
     /// The record of this stick and bundle from an earlier boot, removed: the first sighting

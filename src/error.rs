@@ -59,9 +59,15 @@ impl fmt::Display for Code {
 /// A failure with the exit code it maps to and a one-line reason.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A refusal or failure with a documented exit code.
+    /// A refusal or failure with a documented exit code, and what caused it when something
+    /// did (kept for the log's chain; the one line already says it).
     #[error("{msg}")]
-    Coded { code: Code, msg: String },
+    Coded {
+        code: Code,
+        msg: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// Anything unexpected (I/O on the device, libostree, bugs): exit 1, with its context chain.
     #[error(transparent)]
     Internal(anyhow::Error),
@@ -105,6 +111,26 @@ impl Error {
         Error::Coded {
             code,
             msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// `what` failed because of `source`: exit `code`, or 60 when the cause is a full disk
+    /// (the rule for every write of ours), the one line "what: source".
+    pub fn caused(
+        code: Code,
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let io = (&source as &dyn std::error::Error).downcast_ref::<std::io::Error>();
+        let full = io.is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(nix::libc::EDQUOT)
+        });
+        Error::Coded {
+            code: if full { Code::NoSpace } else { code },
+            msg: format!("{what}: {source}"),
+            source: Some(Box::new(source)),
         }
     }
 
@@ -151,9 +177,50 @@ mod tests {
         assert_eq!(e.one_line(), "first second\\tthird");
         assert_eq!(Error::copy("plain é").one_line(), "plain é");
     }
+
+    #[test]
+    fn or_code_keeps_the_cause_and_a_full_disk_is_60() {
+        let io = |kind| std::io::Result::<()>::Err(std::io::Error::from(kind));
+        let e = io(std::io::ErrorKind::NotFound)
+            .or_code(Code::Copy, "reading blob x")
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Copy);
+        assert_eq!(e.one_line(), "reading blob x: entity not found");
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        let e = io(std::io::ErrorKind::StorageFull)
+            .or_internal("writing y")
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NoSpace);
+        let e = std::io::Result::<()>::Err(std::io::Error::from_raw_os_error(nix::libc::EDQUOT))
+            .or_internal("writing z")
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NoSpace);
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any failure mapped to its exit code where it happens, keeping it as the source: one
+/// way instead of a helper per module that turns the cause into text.
+pub trait OrCode<T> {
+    /// On error: exit `code` (60 for a full disk), the one line "what: cause".
+    fn or_code(self, code: Code, what: impl std::fmt::Display) -> Result<T>;
+
+    /// On error: exit 1 (60 for a full disk), the one line "what: cause".
+    fn or_internal(self, what: impl std::fmt::Display) -> Result<T>
+    where
+        Self: Sized,
+    {
+        self.or_code(Code::Internal, what)
+    }
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> OrCode<T> for std::result::Result<T, E> {
+    fn or_code(self, code: Code, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::caused(code, what, e))
+    }
+}
 
 /// Shorthand constructors, so call sites read as the rule they enforce.
 macro_rules! ctor {
@@ -164,6 +231,7 @@ macro_rules! ctor {
     };
 }
 ctor! {
+    internal => Internal,
     metadata_update => MetadataUpdate,
     no_matching_target => NoMatchingTarget,
     content_missing => ContentMissing,

@@ -19,7 +19,7 @@ use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::phase;
-use crate::state::{write_atomic, InstalledTarget, Pending, Phase, State};
+use crate::state::{InstalledTarget, Pending, Phase, State};
 
 /// Run `install`; the report says what was found, the result what was done.
 pub fn install(req: &Request) -> (Report, Result<Code>) {
@@ -288,7 +288,7 @@ impl Drop for Step<'_> {
 /// A failure after boot counting was armed (a full disk at the deploy or at the records):
 /// disarm it and take the new deployment back, or the next boot would start an update
 /// nobody recorded, and a device that reboots often would count its way into the rollback
-/// deployment. A crash skips this; the next attempt converges instead (tests/privileged/crash.rs).
+/// deployment. A crash skips this; the next attempt converges instead (tests/privileged/faults_crash.rs).
 struct Undo<'a> {
     pacman: &'a crate::config::Pacman,
     bootenv: &'a BootEnv,
@@ -349,7 +349,7 @@ fn record(
     let dir = plan.config.state_dir();
     let tuf = State::tuf_dir(&dir);
     for (name, bytes) in &plan.verified.to_store {
-        write_atomic(&tuf.join(name), bytes)?;
+        crate::durable::replace(&tuf.join(name), bytes)?;
     }
     failpoint::hit("install-tuf-stored");
     state.aklite = Some(Mirror::new(

@@ -22,6 +22,7 @@
 //! - [`apps`]: Compose apps: the app store, images into Docker, projects, health, rollback;
 //! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
 //! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
+//! - [`durable`]: files of ours replaced whole, surviving a crash or a power cut;
 //! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
 //! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
 //! - [`medium`]: one flow for every medium (ours to mount or another program's), `agent watch`;
@@ -42,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod current;
 pub mod device;
+pub mod durable;
 pub mod error;
 pub mod failpoint;
 pub mod finalize;
@@ -61,6 +63,6 @@ pub mod status;
 pub mod tufdir;
 pub mod watchdog;
 
-pub use error::{Code, Error, Result};
+pub use error::{Code, Error, OrCode, Result};
 /// The Foundries TUF flavour (the `foundries-tuf` crate of this workspace).
 pub use foundries_tuf as tuf;

@@ -69,7 +69,7 @@ pub fn sign(key: &Path, bundle_dir: &Path) -> anyhow::Result<PathBuf> {
     let mut bytes = serde_json::to_vec_pretty(&file).context("serialising the signature")?;
     bytes.push(b'\n');
     let path = bundle_dir.join(FILE);
-    crate::state::write_atomic(&path, &bytes)?;
+    crate::durable::replace(&path, &bytes)?;
     Ok(path)
 }
 

@@ -173,10 +173,10 @@ impl State {
         // too little, so it is written before a pending state and removed after a clear one.
         let marker = Self::pending_marker(dir);
         if let Some(p) = &self.pending {
-            write_atomic(&marker, p.target.name.as_bytes())?;
+            crate::durable::replace(&marker, p.target.name.as_bytes())?;
             crate::failpoint::hit("state-marker-written");
         }
-        write_atomic(&Self::file(dir), &bytes)?;
+        crate::durable::replace(&Self::file(dir), &bytes)?;
         crate::failpoint::hit("state-written");
         if self.pending.is_none() {
             Self::remove_marker(dir)?;
@@ -200,33 +200,6 @@ impl State {
     pub fn pending_marker(dir: &Path) -> PathBuf {
         dir.join("pending")
     }
-}
-
-/// Write `path` so that after a crash at any instant it holds either its old or its new
-/// content: temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
-        // A full disk must not keep the half-written file: it holds the blocks we lack.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", tmp.display()));
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 #[cfg(test)]

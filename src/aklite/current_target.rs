@@ -59,7 +59,7 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    crate::state::write_atomic(path, bytes)
+    crate::durable::replace(path, bytes)
 }
 
 #[cfg(test)]

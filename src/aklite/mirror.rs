@@ -241,7 +241,7 @@ fn to_database(cfg: &Config, db: &mut Db, m: &Mirror) -> anyhow::Result<bool> {
         } if then_todo => {
             // "Not rebooted yet" only while it is true: after the reboot, the flag alone.
             if *boot_id == crate::ostree::boot_id(&cfg.pacman)? {
-                crate::state::write_atomic(&sentinel, b"")?;
+                crate::durable::replace(&sentinel, b"")?;
             }
         }
         Then::Pending { .. } => {}

@@ -191,7 +191,7 @@ fn install_project(pacman: &Pacman, store: &Store, app: &App) -> anyhow::Result<
 
 fn write_override(project: &Path, images: &BTreeMap<String, String>) -> anyhow::Result<()> {
     let path = project.join(compose::OVERRIDE_FILE);
-    crate::state::write_atomic(&path, compose::override_yaml(images).as_bytes())
+    crate::durable::replace(&path, compose::override_yaml(images).as_bytes())
 }
 
 /// Replace `root/<name>` by `staging`; the old one goes only once the new one is in place.

@@ -103,7 +103,7 @@ pub fn take(
         apps,
     };
     let bytes = serde_json::to_vec_pretty(&record).context("serialising the apps record")?;
-    crate::state::write_atomic(&file(state_dir), &bytes)?;
+    crate::durable::replace(&file(state_dir), &bytes)?;
     Ok(record)
 }
 

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use super::content::{App, Blob, BlobSource};
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error, OrCode, Result};
 
 const CHUNK: usize = 1 << 20;
 
@@ -187,7 +187,7 @@ impl Store {
                 .truncate(true)
                 .custom_flags(libc_o_nofollow())
                 .open(&partial)
-                .map_err(|e| io_error(&partial, "creating", e))?;
+                .or_internal(format!("creating {}", partial.display()))?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; CHUNK];
             let mut copied = 0u64;
@@ -210,7 +210,7 @@ impl Store {
                 };
                 hasher.update(&buf[..n]);
                 to.write_all(&buf[..n])
-                    .map_err(|e| io_error(&partial, "writing", e))?;
+                    .or_internal(format!("writing {}", partial.display()))?;
                 copied += n as u64;
                 crate::watchdog::beat();
                 tick(n as u64);
@@ -228,8 +228,9 @@ impl Store {
                 )));
             }
             to.sync_all()
-                .map_err(|e| io_error(&partial, "syncing", e))?;
-            fs::rename(&partial, self.blob_path(hex)).map_err(|e| io_error(&partial, "renaming", e))
+                .or_internal(format!("syncing {}", partial.display()))?;
+            fs::rename(&partial, self.blob_path(hex))
+                .or_internal(format!("renaming {}", partial.display()))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&partial);
@@ -244,8 +245,8 @@ impl Store {
     /// app version in a store.
     fn record(&self, app: &App) -> Result<()> {
         let dir = self.app_dir(&app.name, &app.digest);
-        crate::state::write_atomic(&dir.join("manifest.json"), &app.manifest)
-            .and_then(|()| crate::state::write_atomic(&dir.join("uri"), app.uri.as_bytes()))
+        crate::durable::replace(&dir.join("manifest.json"), &app.manifest)
+            .and_then(|()| crate::durable::replace(&dir.join("uri"), app.uri.as_bytes()))
             .map_err(|e| space_or(e, Code::Internal))
     }
 
@@ -300,9 +301,17 @@ impl BlobSource for Store {
         {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(&path, "opening", e)),
+            Err(e) => {
+                return Err(Error::caused(
+                    Code::Internal,
+                    format!("opening {}", path.display()),
+                    e,
+                ))
+            }
         };
-        let meta = file.metadata().map_err(|e| io_error(&path, "reading", e))?;
+        let meta = file
+            .metadata()
+            .or_internal(format!("reading {}", path.display()))?;
         if !meta.is_file() {
             return Err(Error::copy(format!(
                 "{} is not a regular file",
@@ -336,12 +345,18 @@ fn list(dir: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error(dir, "listing", e)),
+        Err(e) => {
+            return Err(Error::caused(
+                Code::Internal,
+                format!("listing {}", dir.display()),
+                e,
+            ))
+        }
     };
     let mut names = Vec::new();
     for entry in entries {
         let name = entry
-            .map_err(|e| io_error(dir, "listing", e))?
+            .or_internal(format!("listing {}", dir.display()))?
             .file_name()
             .to_string_lossy()
             .into_owned();
@@ -356,18 +371,7 @@ fn list(dir: &Path) -> Result<Vec<String>> {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, "syncing", e))
-}
-
-/// A device-side I/O error: no space is 60, anything else an internal error naming the path.
-fn io_error(path: &Path, doing: &str, e: std::io::Error) -> Error {
-    if e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(nix::libc::EDQUOT) {
-        return Error::new(
-            Code::NoSpace,
-            format!("{doing} {}: no space left on the device", path.display()),
-        );
-    }
-    Error::Internal(anyhow::anyhow!("{doing} {}: {e}", path.display()))
+        .or_internal(format!("syncing {}", dir.display()))
 }
 
 fn space_or(e: anyhow::Error, code: Code) -> Error {

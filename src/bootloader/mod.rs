@@ -502,7 +502,7 @@ fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 /// Atomic, so that after a power cut the environment is either the old or the new one.
 fn write_env_file(path: &Path, vars: &[(String, String)]) -> anyhow::Result<()> {
     let text: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    crate::state::write_atomic(path, text.as_bytes())
+    crate::durable::replace(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -19,17 +19,6 @@ use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use crate::error::Error;
-
-fn internal(msg: String) -> Error {
-    Error::Internal(anyhow::anyhow!(msg))
-}
-
-/// For `map_err`: exit 1 with what failed and why.
-fn failed<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
-    move |e| internal(format!("{what}: {e}"))
-}
-
 fn mkdir(dir: &Path, mode: u32, recursive: bool) -> std::io::Result<()> {
     DirBuilder::new()
         .recursive(recursive)

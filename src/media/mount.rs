@@ -12,9 +12,9 @@ use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sys::stat::{major, minor};
 
 use super::stick::Stick;
-use crate::error::{Code, Error, Result};
+use crate::error::{Code, Error, OrCode, Result};
 
-use super::{failed, internal, mkdir};
+use super::mkdir;
 
 pub fn mount_options(fs_type: &str) -> (MsFlags, String) {
     let flags = MsFlags::MS_RDONLY
@@ -77,16 +77,16 @@ impl Mount {
     pub fn mount(stick: &Stick, run_dir: &Path) -> Result<Mount> {
         let (dev, at) = (stick.devnode.display(), run_dir.display());
         // The run directory also holds status.json, which other programs read: 0755.
-        mkdir(run_dir, 0o755, true).map_err(failed(format!("cannot create {at}")))?;
-        let run_dir = run_dir.canonicalize().map_err(failed(&at))?;
+        mkdir(run_dir, 0o755, true).or_internal(format!("cannot create {at}"))?;
+        let run_dir = run_dir.canonicalize().or_internal(&at)?;
         let path = run_dir.join(mount_name(&stick.uuid));
         let shown = path.display();
         match mkdir(&path, 0o700, false) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(internal(format!("cannot create {shown}: {e}")))
+                return Err(Error::internal(format!("cannot create {shown}: {e}")))
             }
             _ if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {
-                return Err(internal(format!("{shown}: not a directory")))
+                return Err(Error::internal(format!("{shown}: not a directory")))
             }
             _ => {}
         }
@@ -160,10 +160,12 @@ impl Mount {
                 // Out of sight at least; the kernel lets go when the last open file closes.
                 let _ = umount2(&self.path, MntFlags::MNT_DETACH);
                 let _ = fs::remove_dir(&self.path);
-                return Err(internal(format!("cannot unmount {at}: {e}: detached")));
+                return Err(Error::internal(format!(
+                    "cannot unmount {at}: {e}: detached"
+                )));
             }
         }
-        fs::remove_dir(&self.path).map_err(failed(format!("cannot remove {at}")))
+        fs::remove_dir(&self.path).or_internal(format!("cannot remove {at}"))
     }
 }
 
@@ -208,7 +210,9 @@ fn clear_stale(path: &Path, ours: u64) -> Result<()> {
         tracing::warn!("{at}: unmounting a stale mount");
         umount2(path, MntFlags::empty())
             .or_else(|_| umount2(path, MntFlags::MNT_DETACH))
-            .map_err(failed(format!("cannot unmount the stale mount at {at}")))?;
+            .or_internal(format!("cannot unmount the stale mount at {at}"))?;
     }
-    Err(internal(format!("{at}: still mounted after 8 unmounts")))
+    Err(Error::internal(format!(
+        "{at}: still mounted after 8 unmounts"
+    )))
 }

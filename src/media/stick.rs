@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::SFlag;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, OrCode, Result};
 use crate::hostile_fs::{Kind, Problem, Refused, Tree};
 use crate::policy::MediaPolicy;
-
-use super::{failed, internal};
 
 /// A block device with (perhaps) a filesystem, as udev described it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,16 +29,16 @@ impl Stick {
     /// What the udev database says about `devnode`.
     pub fn probe(devnode: &Path) -> Result<Stick> {
         let name = devnode.display();
-        let st = nix::sys::stat::stat(devnode).map_err(failed(&name))?;
+        let st = nix::sys::stat::stat(devnode).or_internal(&name)?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
-            return Err(internal(format!("{name}: not a block device")));
+            return Err(Error::internal(format!("{name}: not a block device")));
         }
         let dev = udev::Device::from_devnum(udev::DeviceType::Block, st.st_rdev)
-            .map_err(failed(format!("{name}: unknown to udev")))?;
+            .or_internal(format!("{name}: unknown to udev"))?;
         // Without a database entry every property would read as absent, and the stick be
         // refused for the wrong reason ("no filesystem").
         if !dev.is_initialized() {
-            return Err(internal(format!(
+            return Err(Error::internal(format!(
                 "{name}: unknown to udev (not in its database: is systemd-udevd running?)"
             )));
         }

@@ -13,10 +13,10 @@ use udev::mio::{Events, Interest, Poll, Token};
 
 use super::mount::is_mount_point;
 use super::stick::find_bundle;
-use crate::error::{Code, Result};
+use crate::error::{Code, Error, OrCode, Result};
 use crate::hostile_fs::{Kind, Tree};
 
-use super::{failed, internal, mkdir};
+use super::mkdir;
 
 /// Most subdirectories of a watched directory looked at (`/run/media/<user>` holds one per
 /// medium).
@@ -42,12 +42,12 @@ impl Monitor {
         let mut socket = udev::MonitorBuilder::new()
             .and_then(|b| b.match_subsystem("block"))
             .and_then(|b| b.listen())
-            .map_err(failed(what))?;
-        let poll = Poll::new().map_err(failed(what))?;
+            .or_internal(what)?;
+        let poll = Poll::new().or_internal(what)?;
         let registry = poll.registry();
         registry
             .register(&mut socket, Token(0), Interest::READABLE)
-            .map_err(failed(what))?;
+            .or_internal(what)?;
         if !Path::new("/run/udev/control").exists() {
             tracing::warn!("systemd-udevd does not seem to run: no stick will be seen");
         }
@@ -110,7 +110,7 @@ impl Monitor {
             }
             match self.poll.poll(&mut self.events, Some(left)) {
                 Err(e) if e.kind() != std::io::ErrorKind::Interrupted => {
-                    return Err(internal(format!("waiting for udev events: {e}")))
+                    return Err(Error::internal(format!("waiting for udev events: {e}")))
                 }
                 _ => {}
             }
@@ -151,7 +151,7 @@ impl DirWatch {
     /// has to exist before the first medium.
     pub fn new(dirs: &[PathBuf]) -> Result<DirWatch> {
         let (tx, events) = mpsc::channel();
-        let watcher = notify::recommended_watcher(tx).map_err(failed("cannot watch"))?;
+        let watcher = notify::recommended_watcher(tx).or_internal("cannot watch")?;
         let (roots, pending) = (dirs.to_vec(), Vec::new());
         let mut w = DirWatch {
             watcher,
@@ -160,7 +160,7 @@ impl DirWatch {
             pending,
         };
         for dir in dirs {
-            mkdir(dir, 0o755, true).map_err(failed(format!("cannot create {}", dir.display())))?;
+            mkdir(dir, 0o755, true).or_internal(format!("cannot create {}", dir.display()))?;
             w.watch(dir)?;
             // Not into media mounted already: only `/run/media/<user>`-like directories.
             for sub in subdirs(dir).iter().filter(|s| !is_mount_point(s)) {
@@ -173,7 +173,7 @@ impl DirWatch {
     fn watch(&mut self, dir: &Path) -> Result<()> {
         let mode = notify::RecursiveMode::NonRecursive;
         let what = format!("cannot watch {}", dir.display());
-        self.watcher.watch(dir, mode).map_err(failed(what))
+        self.watcher.watch(dir, mode).or_internal(what)
     }
 
     /// The root of the next new medium with a bundle (find_bundle on it, with the policy's
@@ -205,7 +205,10 @@ impl DirWatch {
                 Ok(event) => self.take(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(internal(format!("the watch of {:?} stopped", self.roots)))
+                    return Err(Error::internal(format!(
+                        "the watch of {:?} stopped",
+                        self.roots
+                    )))
                 }
             }
         }

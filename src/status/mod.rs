@@ -266,7 +266,7 @@ impl Feedback {
         };
         let written = serde_json::to_vec_pretty(&status)
             .context("serialising the status")
-            .and_then(|bytes| replace_file(&self.status_file, &bytes, false));
+            .and_then(|bytes| crate::durable::replace_volatile(&self.status_file, &bytes));
         match written {
             Err(e) if self.publish_failed => tracing::debug!("status not published: {e:#}"),
             Err(e) => {
@@ -298,40 +298,6 @@ fn one_line(msg: &str) -> String {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// Replace `path` by `bytes` through a fresh temp file and a rename: a reader sees the old
-/// or the new file whole, a planted symlink at `path` is replaced rather than followed, and
-/// two agents (one busy, one working) never share a temp file. `durable`: fsync the file and
-/// the directory too (a stick about to be pulled; not `/run`, which a power cut empties).
-pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".usb-update-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| {
-            if durable {
-                tmp.as_file().sync_all()
-            } else {
-                Ok(())
-            }
-        })
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("replacing {}", path.display()))?;
-    if durable {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -490,21 +456,5 @@ mod tests {
         fb.step("still going");
         fb.progress("x", 1, 2);
         assert_eq!(fb.lines().len(), 2);
-    }
-
-    #[test]
-    fn replace_file_replaces_a_planted_symlink_instead_of_following_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let victim = tmp.path().join("victim");
-        fs::write(&victim, "precious").unwrap();
-        let path = tmp.path().join("report.json");
-        std::os::unix::fs::symlink(&victim, &path).unwrap();
-        replace_file(&path, b"new", true).unwrap();
-        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
-        assert!(!fs::symlink_metadata(&path)
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
     }
 }

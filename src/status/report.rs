@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::replace_file;
-
 /// `usb-update-report-<device>.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -74,11 +72,11 @@ pub fn write_report(dir: &Path, report: &Report, log: &[String]) -> anyhow::Resu
     if text.is_empty() {
         text.push_str("(no lines)\n");
     }
-    replace_file(&log_path, text.as_bytes(), true)
+    crate::durable::replace(&log_path, text.as_bytes())
         .with_context(|| format!("writing the report log {}", log_path.display()))?;
     let mut json = serde_json::to_vec_pretty(report).context("serialising the report")?;
     json.push(b'\n');
-    replace_file(&json_path, &json, true)
+    crate::durable::replace(&json_path, &json)
         .with_context(|| format!("writing the report {}", json_path.display()))?;
     Ok(json_path)
 }

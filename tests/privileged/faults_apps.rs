@@ -1,4 +1,4 @@
-//! Faults, part 1, on a Compose apps device (a private dockerd): the process killed
+//! Crash points on a Compose apps device (a private dockerd): the process killed
 //! (SIGKILL, `USB_UPDATE_CRASH_AT`) at every point of `install`, `run` and `agent handle`
 //! that concerns apps, then the same command again and the rest of the flow. The final
 //! state must be the one an uninterrupted update gives: deployments, state, pending marker,

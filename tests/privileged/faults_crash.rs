@@ -1,4 +1,4 @@
-//! Faults, part 1: the process killed (SIGKILL, `USB_UPDATE_CRASH_AT`) at every named point
+//! Crash points: the process killed (SIGKILL, `USB_UPDATE_CRASH_AT`) at every named point
 //! of `install`, `run` and `agent handle|finalize` on an OSTree-only device, then the same
 //! command again and the rest of the flow (install -> simulated reboot -> run). Each
 //! point's final state must be the one an uninterrupted update gives (deployments, state,

@@ -1,4 +1,4 @@
-//! Faults, part 1: a power cut right after a state write. The state directory is an ext4
+//! Power cuts: a power cut right after a state write. The state directory is an ext4
 //! filesystem on a loop device, mounted so that a lost write is likely (`commit=600`: no
 //! periodic journal commit in the test's window; `noauto_da_alloc`: no implicit flush of a
 //! file renamed over another). `install` is held right after it saved the state

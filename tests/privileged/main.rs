@@ -12,7 +12,6 @@ mod agent_watch;
 mod aklite;
 mod apps;
 mod compose_cli;
-mod crash;
 mod docker_engine;
 mod faults_apps;
 mod faults_crash;
