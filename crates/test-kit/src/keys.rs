@@ -99,7 +99,7 @@ impl PrivateKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foundries_tuf::keys::{PublicKey, UnsupportedKeyType};
+    use foundries_tuf::keys::PublicKey;
 
     fn seed(start: u8) -> [u8; 32] {
         std::array::from_fn(|i| start + i as u8)
@@ -178,10 +178,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_type_is_refused() {
-        let e = PublicKey::from_json(&json!({"keytype": "ECDSA", "keyval": {"public": "x"}}));
-        assert_eq!(e.unwrap_err(), UnsupportedKeyType("ECDSA".into()));
-        // keytype is matched case-insensitively, as on the device.
+    fn key_type_is_matched_case_insensitively() {
+        // As on the device (an unknown type is refused: foundries-tuf's own tests).
         let k = PrivateKey::ed25519_from_seed(seed(1));
         let mut j = k.public_json();
         j["keytype"] = "ed25519".into();
@@ -189,16 +187,5 @@ mod tests {
             PublicKey::from_json(&j),
             Ok(PublicKey::Ed25519(_))
         ));
-    }
-
-    #[test]
-    fn methods() {
-        assert_eq!(Method::parse("RSASSA-PSS"), Some(Method::RsassaPss));
-        assert_eq!(
-            Method::parse("rsassa-pss-sha256"),
-            Some(Method::RsassaPssSha256)
-        );
-        assert_eq!(Method::parse("ED25519"), Some(Method::Ed25519));
-        assert_eq!(Method::parse("rsassa-pkcs1"), None);
     }
 }
