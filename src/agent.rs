@@ -15,9 +15,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::check::Request;
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
+use crate::evaluate::Request;
 use crate::media::{self, Mount, Stick};
 use crate::medium::{Held, Medium};
 use crate::policy::Policy;
@@ -173,7 +173,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> R
         target: None,
         force: false,
         metadata: Some(metadata),
-        progress: Some(crate::check::Progress(std::sync::Arc::new(
+        progress: Some(crate::evaluate::Progress(std::sync::Arc::new(
             move |what: &str, done: u64, total: u64| {
                 if let Ok(mut fb) = sink.lock() {
                     fb.progress(what, done, total);

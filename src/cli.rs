@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::check;
+use crate::{check, evaluate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,9 +51,9 @@ pub struct BundleArgs {
     pub force: bool,
 }
 
-impl From<BundleArgs> for check::Request {
+impl From<BundleArgs> for evaluate::Request {
     fn from(b: BundleArgs) -> Self {
-        check::Request {
+        evaluate::Request {
             config: b.sources.config,
             policy: b.sources.policy,
             src_dir: b.src_dir,
@@ -241,13 +241,13 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run_check(req: &check::Request, json: bool) -> u8 {
-    let (report, _) = check::evaluate(req);
+fn run_check(req: &evaluate::Request, json: bool) -> u8 {
+    let (report, _) = evaluate::evaluate(req);
     print_report(&report, &req.src_dir, json, "install would return");
     report.exit_code
 }
 
-fn print_report(report: &check::Report, src: &std::path::Path, json: bool, last: &str) {
+fn print_report(report: &evaluate::Report, src: &std::path::Path, json: bool, last: &str) {
     let text = if json {
         serde_json::to_string(report)
             .map(|s| s + "\n")
@@ -262,7 +262,7 @@ fn print_report(report: &check::Report, src: &std::path::Path, json: bool, last:
     print_out(&text);
 }
 
-fn run_install(req: &check::Request, json: bool) -> u8 {
+fn run_install(req: &evaluate::Request, json: bool) -> u8 {
     let (report, _) = crate::install::install(req);
     print_report(&report, &req.src_dir, json, "install returned");
     report.exit_code

@@ -12,9 +12,9 @@ use crate::aklite::callback::{Callback, Event};
 use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps;
 use crate::bootloader::BootEnv;
-use crate::check::{self, Plan, Report, Request};
 use crate::config::PackageManager;
 use crate::error::{Code, Error, Result};
+use crate::evaluate::{self, Plan, Report, Request};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
@@ -39,7 +39,7 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     };
     let hooks = Hooks::new(&cfg, &state);
     hooks.event("check-for-update-pre", None, None);
-    let (mut report, plan) = check::evaluate(req);
+    let (mut report, plan) = evaluate::evaluate(req);
     report.notes.splice(0..0, notes);
     verify.done();
     let post = match &plan {
@@ -97,7 +97,7 @@ fn apply(
     _lock: UpdateLock,
     hooks: &Hooks,
     report: &mut Report,
-    progress: Option<&check::Progress>,
+    progress: Option<&evaluate::Progress>,
 ) -> Result<Code> {
     let dir = plan.config.state_dir();
     let mut state = State::load(&dir)?;

@@ -12,7 +12,9 @@
 //! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
 //! - [`tufdir`]: the bundle's `tuf/`, read once for the operator signature and TUF;
 //! - [`select`]: which target of a verified bundle to install, and why the others are not;
-//! - [`check`]: the `check` command: verification + selection + policy, as a report;
+//! - [`evaluate`]: the core `check`, `install` and the agent share: verification +
+//!   selection + policy, as a report and a plan;
+//! - [`check`]: the `check` command: that report, as lines for people;
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
 //! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
@@ -45,6 +47,7 @@ pub mod current;
 pub mod device;
 pub mod durable;
 pub mod error;
+pub mod evaluate;
 pub mod failpoint;
 pub mod finalize;
 pub mod hostile_fs;

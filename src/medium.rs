@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::agent::{handle_medium, Sources};
-use crate::error::{Error, Result};
+use crate::error::{Error, OrCode, Result};
 use crate::media::{self, Mount, Stick};
 use crate::policy::Policy;
 
@@ -45,18 +45,14 @@ pub fn stick_of_mount(root: &Path) -> Result<Stick> {
     let dev = std::fs::metadata(root)
         .with_context(|| format!("inspecting {}", root.display()))?
         .dev();
-    let udev = udev::Device::from_devnum(udev::DeviceType::Block, dev).map_err(|e| {
-        Error::Internal(anyhow::anyhow!(
-            "{}: not on a block device udev knows ({e})",
-            root.display()
-        ))
-    })?;
-    let devnode = udev.devnode().map(Path::to_path_buf).ok_or_else(|| {
-        Error::Internal(anyhow::anyhow!(
-            "{}: its device has no node",
-            root.display()
-        ))
-    })?;
+    let udev = udev::Device::from_devnum(udev::DeviceType::Block, dev).or_internal(format!(
+        "{}: not on a block device udev knows",
+        root.display()
+    ))?;
+    let devnode = udev
+        .devnode()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::internal(format!("{}: its device has no node", root.display())))?;
     Stick::probe(&devnode)
 }
 

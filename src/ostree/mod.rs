@@ -321,16 +321,16 @@ pub fn deploy(pacman: &Pacman, commit: &str) -> crate::Result<DeploymentInfo> {
         .unwrap_or_default();
     let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
     let fail = |what: &str, e: glib::Error| -> Error {
-        let msg = format!(
-            "{what} commit {commit} in {}: {}",
-            root.display(),
-            e.message()
-        );
-        if is_no_space(&e) {
-            Error::new(Code::NoSpace, msg)
+        let code = if is_no_space(&e) {
+            Code::NoSpace
         } else {
-            Error::Internal(anyhow::anyhow!(msg))
-        }
+            Code::Internal
+        };
+        Error::caused(
+            code,
+            format!("{what} commit {commit} in {}", root.display()),
+            e,
+        )
     };
     // Leftovers of an interrupted deploy would otherwise be counted against the disk.
     sysroot
