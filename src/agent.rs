@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::context::Loaded;
+pub use crate::context::Sources;
 use crate::error::{Code, Error, Result};
 use crate::evaluate::Request;
 use crate::media::{self, Mount, Stick};
@@ -23,13 +25,6 @@ use crate::medium::{Held, Medium};
 use crate::policy::Policy;
 use crate::state::State;
 use crate::status::{Feedback, Pattern, Report};
-
-/// Where the config and the policy come from (the CLI's `-c` / `-p`).
-#[derive(Debug, Clone, Default)]
-pub struct Sources {
-    pub config: Vec<PathBuf>,
-    pub policy: Vec<PathBuf>,
-}
 
 struct Ctx {
     sources: Sources,
@@ -40,8 +35,10 @@ struct Ctx {
 
 impl Ctx {
     fn load(sources: &Sources) -> Result<Ctx> {
-        let cfg = Config::load(&sources.config)?;
-        let policy = Policy::load(&sources.policy)?;
+        let Loaded {
+            config: cfg,
+            policy,
+        } = sources.load()?;
         let fb = Feedback::new(&policy);
         Ok(Ctx {
             sources: sources.clone(),
@@ -49,6 +46,14 @@ impl Ctx {
             policy,
             fb,
         })
+    }
+
+    /// What this flow loaded, for the steps it runs (install, `run`): loaded once.
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            config: self.cfg.clone(),
+            policy: self.policy.clone(),
+        }
     }
 }
 
@@ -167,8 +172,8 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> R
     let sink = std::sync::Mutex::new(progress_fb);
     let sink = std::sync::Arc::new(sink);
     let req = Request {
-        config: ctx.sources.config.clone(),
-        policy: ctx.sources.policy.clone(),
+        sources: ctx.sources.clone(),
+        loaded: Some(std::sync::Arc::new(ctx.loaded())),
         src_dir: bundle.clone(),
         target: None,
         force: false,
@@ -297,7 +302,7 @@ fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outco
     crate::failpoint::hit("agent-docker-restarted");
     ctx.fb.step("starting the apps");
     let t = Instant::now();
-    let out = crate::finalize::run(&ctx.sources.config, &ctx.sources.policy)?;
+    let out = crate::finalize::run_loaded(&ctx.loaded())?;
     report
         .durations
         .insert("run".into(), t.elapsed().as_secs_f64());
@@ -393,7 +398,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     ctx.fb
         .step("finishing the update started before the reboot");
     let aklite = Aklite::stop(&ctx.policy)?;
-    let result = crate::finalize::run(&sources.config, &sources.policy);
+    let result = crate::finalize::run_loaded(&ctx.loaded());
     crate::failpoint::hit("agent-finalize-ran");
     aklite.start(&ctx.policy, &ctx.cfg);
     let out = match result {

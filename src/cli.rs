@@ -54,8 +54,8 @@ pub struct BundleArgs {
 impl From<BundleArgs> for evaluate::Request {
     fn from(b: BundleArgs) -> Self {
         evaluate::Request {
-            config: b.sources.config,
-            policy: b.sources.policy,
+            sources: (&b.sources).into(),
+            loaded: None,
             src_dir: b.src_dir,
             target: b.target,
             force: b.force,
@@ -269,7 +269,7 @@ fn run_install(req: &evaluate::Request, json: bool) -> u8 {
 }
 
 fn run_run(sources: &Sources, json: bool) -> u8 {
-    let (code, message, notes) = match crate::finalize::run(&sources.config, &sources.policy) {
+    let (code, message, notes) = match crate::finalize::run(&sources.into()) {
         Ok(o) => (o.code.as_u8(), o.message, o.notes),
         Err(e) => (
             e.code().as_u8(),
@@ -288,21 +288,21 @@ fn run_run(sources: &Sources, json: bool) -> u8 {
     code
 }
 
-fn agent_sources(s: &Sources) -> crate::agent::Sources {
-    crate::agent::Sources {
-        config: s.config.clone(),
-        policy: s.policy.clone(),
+impl From<&Sources> for crate::context::Sources {
+    fn from(s: &Sources) -> Self {
+        crate::context::Sources {
+            config: s.config.clone(),
+            policy: s.policy.clone(),
+        }
     }
 }
 
 fn run_agent(command: AgentCommand) -> u8 {
     let result = match &command {
-        AgentCommand::Handle { sources, devnode } => {
-            crate::agent::handle(&agent_sources(sources), devnode)
-        }
-        AgentCommand::Finalize { sources } => crate::agent::finalize(&agent_sources(sources)),
+        AgentCommand::Handle { sources, devnode } => crate::agent::handle(&sources.into(), devnode),
+        AgentCommand::Finalize { sources } => crate::agent::finalize(&sources.into()),
         AgentCommand::Watch { sources } => {
-            crate::agent::watch(&agent_sources(sources)).map(|()| crate::Code::Ok)
+            crate::agent::watch(&sources.into()).map(|()| crate::Code::Ok)
         }
     };
     match result {

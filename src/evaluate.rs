@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::config::{Config, PackageManager};
+use crate::context::{Loaded, Sources};
 use crate::device::Device;
 use crate::error::{Code, Error, Result};
 use crate::policy::{decide, Decide, Policy};
@@ -21,8 +22,10 @@ use crate::tuf::{self, BundleRules, Verified};
 /// What the command line asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    pub config: Vec<PathBuf>,
-    pub policy: Vec<PathBuf>,
+    pub sources: Sources,
+    /// The config and policy already loaded by a flow that runs several steps (the agent):
+    /// used as they are, not loaded again.
+    pub loaded: Option<std::sync::Arc<Loaded>>,
     pub src_dir: PathBuf,
     pub target: Option<String>,
     /// `--force`: allow a downgrade (aklite-offline's meaning).
@@ -117,8 +120,10 @@ pub fn evaluate(req: &Request) -> (Report, Result<Plan>) {
 }
 
 fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
-    let config = Config::load(&req.config)?;
-    let policy = Policy::load(&req.policy)?;
+    let Loaded { config, policy } = match &req.loaded {
+        Some(loaded) => Loaded::clone(loaded),
+        None => req.sources.load()?,
+    };
     let aklite = crate::aklite::View::load(&config);
     report.notes.extend(aklite.warning.clone());
     let device = Device::load(&config, &aklite)?;

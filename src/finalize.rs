@@ -13,6 +13,7 @@ use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps::{self, previous};
 use crate::bootloader::BootEnv;
 use crate::config::{Config, PackageManager};
+use crate::context::{Loaded, Sources};
 use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::install::Hooks;
@@ -48,9 +49,16 @@ impl Ctx {
     }
 }
 
-pub fn run(config: &[PathBuf], policy: &[PathBuf]) -> Result<Outcome> {
-    let cfg = Config::load(config)?;
-    let policy = Policy::load(policy)?;
+pub fn run(sources: &Sources) -> Result<Outcome> {
+    run_loaded(&sources.load()?)
+}
+
+/// [`run`] with the config and policy a flow already loaded (the agent's finalize).
+pub fn run_loaded(loaded: &Loaded) -> Result<Outcome> {
+    let Loaded {
+        config: cfg,
+        policy,
+    } = loaded.clone();
     let _lock = UpdateLock::try_acquire(&policy.agent.lock_file)?;
     let dir = cfg.state_dir();
     let mut state = State::load(&dir)?;

@@ -13,6 +13,7 @@ use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps;
 use crate::bootloader::BootEnv;
 use crate::config::PackageManager;
+use crate::context::Loaded;
 use crate::error::{Code, Error, Result};
 use crate::evaluate::{self, Plan, Report, Request};
 use crate::failpoint;
@@ -26,7 +27,7 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     let verify = phase::start("verify");
     // The shared lock first: what aktualizr-lite's database says is read under it, after
     // our last step's mirror is applied (a crash in between converges here).
-    let (lock, cfg, state, notes) = match lock_and_converge(req) {
+    let (lock, loaded, state, notes) = match lock_and_converge(req) {
         Ok(x) => x,
         Err(e) => {
             let report = Report {
@@ -37,8 +38,13 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
             return (report, Err(e));
         }
     };
-    let hooks = Hooks::new(&cfg, &state);
+    let hooks = Hooks::new(&loaded.config, &state);
     hooks.event("check-for-update-pre", None, None);
+    // The evaluation uses what was loaded here, under the lock: loaded once.
+    let req = &Request {
+        loaded: Some(loaded),
+        ..req.clone()
+    };
     let (mut report, plan) = evaluate::evaluate(req);
     report.notes.splice(0..0, notes);
     verify.done();
@@ -57,15 +63,17 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     (report, result)
 }
 
-type Prepared = (UpdateLock, crate::config::Config, State, Vec<String>);
+type Prepared = (UpdateLock, std::sync::Arc<Loaded>, State, Vec<String>);
 
 fn lock_and_converge(req: &Request) -> Result<Prepared> {
-    let policy = crate::policy::Policy::load(&req.policy)?;
-    let lock = UpdateLock::try_acquire(&policy.agent.lock_file)?;
-    let cfg = crate::config::Config::load(&req.config)?;
-    let state = State::load(&cfg.state_dir())?;
-    let applied = mirror::converge(&cfg, &state);
-    Ok((lock, cfg, state, applied.warning.into_iter().collect()))
+    let loaded = match &req.loaded {
+        Some(loaded) => loaded.clone(),
+        None => std::sync::Arc::new(req.sources.load()?),
+    };
+    let lock = UpdateLock::try_acquire(&loaded.policy.agent.lock_file)?;
+    let state = State::load(&loaded.config.state_dir())?;
+    let applied = mirror::converge(&loaded.config, &state);
+    Ok((lock, loaded, state, applied.warning.into_iter().collect()))
 }
 
 /// `[pacman] callback_program` at aktualizr-lite's steps, with the running target's name.

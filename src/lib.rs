@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (`usb-update ...`, and `aklite-offline ...` by argv[0]);
 //! - [`error`]: the error type and the exit-code table;
 //! - [`config`]: aktualizr-lite compatible configuration (`sota.toml`, `conf.d`);
+//! - [`context`]: where a command's config and policy come from, loaded once;
 //! - [`policy`]: the device policy (`/usr/lib|etc/usb-update/policy*.toml`);
 //! - [`device`]: who the device is: hardware id, tags, type, trusted roots, running target;
 //! - [`tuf`]: the Foundries TUF flavour: canonical JSON, keys, metadata, chain verification;
@@ -43,6 +44,7 @@ pub mod bundle;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod current;
 pub mod device;
 pub mod durable;
