@@ -54,11 +54,7 @@ impl Rig {
         let out = faults::usb_update(&self.s.d, &["agent", args[0]], &args[1..])
             .output()
             .expect("spawn usb-update");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 
     pub fn handle(&self, stick: &Stick) -> Out {

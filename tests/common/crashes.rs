@@ -404,11 +404,7 @@ pub fn agent(d: &Device, args: &[&str], env: &[(&str, &str)]) -> Run {
         .args(&all)
         .output()
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// Nothing of a stick stays mounted under the run directory.

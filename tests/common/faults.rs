@@ -24,6 +24,17 @@ pub struct Out {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        let run = super::Run::from(out);
+        Out {
+            code: run.code,
+            stdout: run.stdout,
+            stderr: run.stderr,
+        }
+    }
+}
+
 impl Out {
     /// The one-line reason of the CLI (`error: ...`), else the agent's last error line.
     pub fn error(&self) -> &str {
@@ -74,11 +85,7 @@ impl Paused {
         std::fs::remove_file(&self.file).expect("remove the pause file");
         let child = self.child.take().expect("a paused child");
         let out = child.wait_with_output().expect("wait");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 }
 

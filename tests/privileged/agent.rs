@@ -42,11 +42,7 @@ impl Rig {
             .args(rest)
             .output()
             .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 
     fn handle(&self, stick: &Stick) -> Out {
