@@ -92,13 +92,7 @@ impl From<anyhow::Error> for Error {
     /// A full disk anywhere in the chain (a state file, the bootloader environment, the
     /// trusted metadata) is the documented 60, not an internal error.
     fn from(e: anyhow::Error) -> Error {
-        let full = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                io.kind() == std::io::ErrorKind::StorageFull
-                    || io.raw_os_error() == Some(nix::libc::EDQUOT)
-            })
-        });
-        if full {
+        if e.chain().any(is_disk_full) {
             Error::new(Code::NoSpace, format!("{e:#}").replace('\n', " "))
         } else {
             Error::Internal(e)
@@ -122,11 +116,7 @@ impl Error {
         what: impl std::fmt::Display,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        let io = (&source as &dyn std::error::Error).downcast_ref::<std::io::Error>();
-        let full = io.is_some_and(|io| {
-            io.kind() == std::io::ErrorKind::StorageFull
-                || io.raw_os_error() == Some(nix::libc::EDQUOT)
-        });
+        let full = is_disk_full(&source);
         Error::Coded {
             code: if full { Code::NoSpace } else { code },
             msg: format!("{what}: {source}"),
@@ -148,6 +138,13 @@ impl Error {
             Error::Internal(e) => escape_controls(&format!("{e:#}").replace('\n', " ")),
         }
     }
+}
+
+/// A full disk or an exceeded quota: the documented 60 wherever it happens.
+pub(crate) fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(nix::libc::EDQUOT)
+    })
 }
 
 /// `s` with its control characters escaped: whatever a message quotes from a stick (a

@@ -375,11 +375,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn space_or(e: anyhow::Error, code: Code) -> Error {
-    let full = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == ErrorKind::StorageFull)
-    });
-    if full {
+    if e.chain().any(crate::error::is_disk_full) {
         Error::new(Code::NoSpace, format!("{e:#}"))
     } else if code == Code::Internal {
         Error::Internal(e)
