@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{check, evaluate};
+use crate::commands::check;
+use crate::core::evaluate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +57,7 @@ impl From<BundleArgs> for evaluate::Request {
         evaluate::Request {
             sources: (&b.sources).into(),
             loaded: None,
+            records: None,
             src_dir: b.src_dir,
             target: b.target,
             force: b.force,
@@ -203,6 +205,12 @@ fn aklite_offline_cli() -> Cli {
     }
 }
 
+/// The CLI definition, as man pages and shell completions are generated from it.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The `usb-update` binary (and `aklite-offline`, by the name it is called with).
 pub fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0)
@@ -227,7 +235,7 @@ pub fn main() -> ExitCode {
         Command::Agent { command } => run_agent(command),
         Command::Bundle {
             command: BundleCommand::Sign { key, dir },
-        } => match crate::signature::sign(&key, &dir) {
+        } => match crate::core::signature::sign(&key, &dir) {
             Ok(p) => {
                 print_out(&format!("signed: {}\n", p.display()));
                 0
@@ -263,13 +271,13 @@ fn print_report(report: &evaluate::Report, src: &std::path::Path, json: bool, la
 }
 
 fn run_install(req: &evaluate::Request, json: bool) -> u8 {
-    let (report, _) = crate::install::install(req);
+    let (report, _) = crate::commands::install::install(req);
     print_report(&report, &req.src_dir, json, "install returned");
     report.exit_code
 }
 
 fn run_run(sources: &Sources, json: bool) -> u8 {
-    let (code, message, notes) = match crate::finalize::run(&sources.into()) {
+    let (code, message, notes) = match crate::commands::run::run(&sources.into()) {
         Ok(o) => (o.code.as_u8(), o.message, o.notes),
         Err(e) => (
             e.code().as_u8(),
@@ -288,9 +296,9 @@ fn run_run(sources: &Sources, json: bool) -> u8 {
     code
 }
 
-impl From<&Sources> for crate::context::Sources {
+impl From<&Sources> for crate::core::context::Sources {
     fn from(s: &Sources) -> Self {
-        crate::context::Sources {
+        crate::core::context::Sources {
             config: s.config.clone(),
             policy: s.policy.clone(),
         }
@@ -316,11 +324,11 @@ fn run_agent(command: AgentCommand) -> u8 {
 
 fn run_current(sources: &Sources, json: bool, aklite: bool) -> u8 {
     let lines = if aklite {
-        crate::current::aklite_lines
+        crate::commands::current::aklite_lines
     } else {
-        crate::current::human_lines
+        crate::commands::current::human_lines
     };
-    print_view(crate::current::current(&sources.config), json, lines)
+    print_view(crate::commands::current::current(&sources.config), json, lines)
 }
 
 fn run_status(sources: &Sources, json: bool) -> u8 {

@@ -8,6 +8,7 @@
 //! call sites and the list agree and that a scenario kills the process at each one.
 
 /// Every crash point, in the order a full update meets them.
+#[cfg(any(test, feature = "internals"))]
 pub const POINTS: &[&str] = &[
     // agent handle
     "agent-mounted",

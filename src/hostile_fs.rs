@@ -472,10 +472,6 @@ impl<R> Capped<R> {
         }
     }
 
-    /// Bytes read so far.
-    pub fn read_so_far(&self) -> u64 {
-        self.cap - self.left
-    }
 }
 
 /// The error [`Capped`] returns; `is_cap_exceeded` recognises it in an `io::Error`.
@@ -498,6 +494,7 @@ impl fmt::Display for CapExceeded {
 impl std::error::Error for CapExceeded {}
 
 /// Is `e` (or what it wraps) the error of a [`Capped`] reader?
+#[cfg(test)]
 pub fn is_cap_exceeded(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<CapExceeded>())
 }

@@ -1,73 +1,84 @@
 //! `usb-update`: an offline (USB stick) update agent for OSTree + Docker Compose devices.
 //!
-//! Module map (find a behaviour from its name):
+//! The public facade is small: [`main`] (the binary), [`command`] (the CLI definition, for
+//! man pages and completions), the error type with its exit codes, and the TUF flavour.
+//! Everything else is internal. The workspace's tests, test kit and fuzz targets reach the
+//! internals through the `internals` feature, which a device build does not turn on; so in
+//! a device build the compiler sees every internal item and flags what nothing uses.
+//!
+//! Module map, by layer (find a behaviour from its name):
+//!
+//! Commands and the agent (what runs):
 //! - [`cli`]: the command line (`usb-update ...`, and `aklite-offline ...` by argv[0]);
-//! - [`error`]: the error type and the exit-code table;
-//! - [`config`]: aktualizr-lite compatible configuration (`sota.toml`, `conf.d`);
-//! - [`context`]: where a command's config and policy come from, loaded once;
-//! - [`policy`]: the device policy (`/usr/lib|etc/usb-update/policy*.toml`);
-//! - [`device`]: who the device is: hardware id, tags, type, trusted roots, running target;
-//! - [`tuf`]: the Foundries TUF flavour: canonical JSON, keys, metadata, chain verification;
-//! - [`hostile_fs`]: the one way files on the stick are opened: beneath, no symlinks, no
-//!   blocking, regular files only, capped reads and listings;
-//! - [`bundle`]: the offline bundle on a hostile medium (`tuf/`, `ostree_repo/`, `apps/`);
-//! - [`tufdir`]: the bundle's `tuf/`, read once for the operator signature and TUF;
-//! - [`select`]: which target of a verified bundle to install, and why the others are not;
-//! - [`evaluate`]: the core `check`, `install` and the agent share: verification +
-//!   selection + policy, as a report and a plan;
-//! - [`check`]: the `check` command: that report, as lines for people;
-//! - [`install`]: the `install` command: pull and deploy, record the pending installation;
-//! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
-//! - [`current`]: the `current` command: what the device runs now (read-only);
-//! - [`running`]: what the device runs: the booted commit is the truth;
-//! - [`agent`]: `agent handle|finalize|watch`: the automatic flow from stick to finished update;
-//! - [`aklite`]: living beside aktualizr-lite: its database, import file, current-target, callbacks;
-//! - [`apps`]: Compose apps: the app store, images into Docker, projects, health, rollback;
-//! - [`bootloader`]: the bootloader environment (boot counting, boot firmware flag);
-//! - [`ostree`]: the device's OSTree sysroot (booted / staged / simulated deployment);
-//! - [`durable`]: files of ours replaced whole, surviving a crash or a power cut;
-//! - [`state`]: the agent's persistent state under `<storage.path>/usb-update/`;
-//! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
-//! - [`medium`]: one flow for every medium (ours to mount or another program's), `agent watch`;
-//! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
-//! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
-//! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
-//! - [`watchdog`]: an update that makes no progress is ended, not left hanging;
-//! - [`phase`]: one log event per finished phase of install and run (for benchmarks);
-//! - [`failpoint`]: named crash points for the crash-safety tests (debug builds only);
+//! - `commands`: `check` (the core's report, for people), `install` (pull and deploy,
+//!   record the pending installation), `run` (finish, or record the rollback of, a pending
+//!   install), `current` (what the device runs now, read-only);
+//! - `agent`: `agent handle|finalize|watch`, the automatic flow from stick to finished
+//!   update; `agent::media` (USB sticks: udev properties, which to take, read-only mounts,
+//!   the bundle on them) and `agent::medium` (one flow for every medium);
+//!
+//! The evaluation core (changes nothing), `core`:
+//! - `bundle` (the offline bundle on a hostile medium), `tufdir` (its `tuf/`, read once),
+//!   `signature` (the operator's signature over a bundle), `device` (hardware id, tags,
+//!   trusted roots), `running` (what the device runs: the booted commit is the truth),
+//!   `select` (which target, and why not the others), `context` (config and policy, loaded
+//!   once per command), `evaluate` (verification + selection + policy: a report and a plan);
+//!
+//! Inputs and records:
+//! - `config` (aktualizr-lite compatible `sota.toml`, `conf.d`), `policy` (the device
+//!   policy), `state` (the agent's persistent state), `status` (LEDs, console,
+//!   status.json, sd_notify, the report on the stick);
+//!
+//! Backends (the system being updated):
+//! - `ostree` (the sysroot: booted / staged / simulated deployment), `apps` (Compose
+//!   apps: the app store, images into Docker, projects, health, rollback), `bootloader`
+//!   (boot counting, boot firmware flag), `aklite` (living beside aktualizr-lite: its
+//!   database, import file, current-target, callbacks);
+//!
+//! Safe I/O and process rules:
+//! - `hostile_fs` (the one way files on the stick are opened), `durable` (files of ours
+//!   replaced whole, surviving a power cut), `lock` (one updater at a time, shared with
+//!   aktualizr-lite), `watchdog` (an update that makes no progress is ended), `phase` (one
+//!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature);
+//! - [`error`]: the error type and the exit-code table.
 
-pub mod agent;
-pub mod aklite;
-pub mod apps;
-pub mod bootloader;
-pub mod bundle;
-pub mod check;
-pub mod cli;
-pub mod config;
-pub mod context;
-pub mod current;
-pub mod device;
-pub mod durable;
+/// Internal modules: crate-private in a device build, public to the workspace's tests with
+/// the `internals` feature.
+macro_rules! internal {
+    ($($(#[$attr:meta])* $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+internal! {
+    agent;
+    aklite;
+    apps;
+    bootloader;
+    cli;
+    commands;
+    config;
+    core;
+    durable;
+    failpoint;
+    hostile_fs;
+    lock;
+    ostree;
+    phase;
+    policy;
+    state;
+    status;
+    watchdog;
+}
+
 pub mod error;
-pub mod evaluate;
-pub mod failpoint;
-pub mod finalize;
-pub mod hostile_fs;
-pub mod install;
-pub mod lock;
-pub mod media;
-pub mod medium;
-pub mod ostree;
-pub mod phase;
-pub mod policy;
-pub mod running;
-pub mod select;
-pub mod signature;
-pub mod state;
-pub mod status;
-pub mod tufdir;
-pub mod watchdog;
 
+pub use cli::{command, main};
 pub use error::{Code, Error, OrCode, Result};
 /// The Foundries TUF flavour (the `foundries-tuf` crate of this workspace).
 pub use foundries_tuf as tuf;

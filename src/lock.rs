@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
@@ -19,7 +19,6 @@ pub const DEFAULT_PATH: &str = "/var/lock/aklite.lock";
 #[derive(Debug)]
 pub struct UpdateLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 impl UpdateLock {
@@ -38,7 +37,6 @@ impl UpdateLock {
         match file.try_lock() {
             Ok(()) => Ok(UpdateLock {
                 _file: file,
-                path: path.to_path_buf(),
             }),
             Err(TryLockError::WouldBlock) => {
                 let who = holder(&file)

@@ -7,5 +7,5 @@ fn main() -> std::process::ExitCode {
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
-    usb_update::cli::main()
+    usb_update::main()
 }

@@ -35,11 +35,11 @@ pub fn run(data: &[u8]) {
         Some(1) => Some("."),
         _ => None,
     };
-    if let Ok(bundle) = usb_update::media::find_bundle(&root, pick) {
+    if let Ok(bundle) = usb_update::agent::media::find_bundle(&root, pick) {
         assert!(bundle.starts_with(&root), "{}", bundle.display());
         let meta = std::fs::symlink_metadata(bundle.join("tuf")).expect("tuf");
         assert!(meta.is_dir(), "tuf/ through a link");
-        if let Ok(b) = usb_update::bundle::Bundle::open(&bundle) {
+        if let Ok(b) = usb_update::core::bundle::Bundle::open(&bundle) {
             let _ = b.app_uris();
             let _ = b.read_capped("tuf/x.json", 1 << 10);
         }

@@ -14,10 +14,10 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use usb_update::bundle::Bundle;
+use usb_update::core::bundle::Bundle;
 use usb_update::hostile_fs::Tree;
 use usb_update::tuf::MetaSource as _;
-use usb_update::tufdir::TufDir;
+use usb_update::core::tufdir::TufDir;
 
 const MARKER: &str = "OUTSIDE-THE-STICK-7f3a";
 const TUF: [&str; 5] = [
@@ -237,7 +237,7 @@ pub fn run(data: &[u8]) {
         Some(1) => Some("."),
         _ => None,
     };
-    match usb_update::media::find_bundle(&stick, pick) {
+    match usb_update::agent::media::find_bundle(&stick, pick) {
         Ok(found) => {
             assert!(found.starts_with(&stick), "{}", found.display());
             let m = fs::symlink_metadata(found.join("tuf")).expect("tuf of the found bundle");
@@ -273,7 +273,7 @@ pub fn run(data: &[u8]) {
                 clean_bytes(f, bytes);
             }
             match tuf.root_versions() {
-                Ok(v) => assert!(v.len() <= usb_update::bundle::LIST_CAP),
+                Ok(v) => assert!(v.len() <= usb_update::core::bundle::LIST_CAP),
                 Err(e) => clean("root_versions", &e.msg),
             }
         }

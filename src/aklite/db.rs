@@ -83,7 +83,6 @@ pub struct Facts {
     pub roots: BTreeMap<u64, Vec<u8>>,
     /// Image repository timestamp, snapshot, targets (raw metadata).
     pub roles: BTreeMap<i64, Vec<u8>>,
-    pub need_reboot: bool,
 }
 
 impl Facts {
@@ -284,20 +283,12 @@ impl Db {
                 }
             }
         }
-        let need_reboot = tx
-            .query_row("SELECT flag FROM need_reboot LIMIT 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()
-            .map_err(&err)?
-            .is_some_and(|f| f != 0);
         tx.commit().map_err(&err)?;
         Ok(Facts {
             ecu,
             rows,
             roots,
             roles,
-            need_reboot,
         })
     }
 

@@ -31,7 +31,6 @@ use crate::state::InstalledTarget;
 #[derive(Debug, Clone)]
 pub struct View {
     pub db_path: PathBuf,
-    pub import_path: PathBuf,
     pub store: Store,
     /// Why its database is not used (another schema, unreadable, busy): said on the
     /// console and in the report.
@@ -56,7 +55,6 @@ impl View {
         let import_path = import::path(cfg);
         let mut view = View {
             db_path: db_path.clone(),
-            import_path: import_path.clone(),
             store: Store::Unusable,
             warning: None,
             busy: false,
@@ -96,11 +94,6 @@ impl View {
             .filter(|h| !h.is_empty())
     }
 
-    /// aktualizr-lite's own installation waiting for its reboot, if any.
-    pub fn pending(&self) -> Option<InstalledTarget> {
-        self.facts().and_then(|f| f.pending()).map(db::Row::target)
-    }
-
     /// What aktualizr-lite would say runs on `booted`, from the database or the import file.
     pub fn current(&self, booted: &str) -> Option<InstalledTarget> {
         match &self.store {
@@ -110,27 +103,6 @@ impl View {
         }
     }
 
-    /// One line for the check report and the console.
-    pub fn summary(&self) -> String {
-        match (&self.store, &self.warning) {
-            (_, Some(w)) => w.clone(),
-            (Store::Database(f), None) => format!(
-                "aktualizr-lite's database {}: {} installed version(s){}",
-                self.db_path.display(),
-                f.rows.len(),
-                f.pending()
-                    .map(|p| format!(", {} pending", p.name))
-                    .unwrap_or_default()
-            ),
-            (Store::Import(e), None) => format!(
-                "aktualizr-lite has no database yet ({}); its import file {} names {} target(s)",
-                self.db_path.display(),
-                self.import_path.display(),
-                e.len()
-            ),
-            (Store::Unusable, None) => String::new(),
-        }
-    }
 }
 
 /// A target as aktualizr-lite records it (name, commit, TUF `custom`), as ours.

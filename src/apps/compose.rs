@@ -211,20 +211,21 @@ impl Cli {
             }
             Ok(cli)
         };
-        match configured.filter(|p| !p.as_os_str().is_empty()) {
+        let cli = match configured.filter(|p| !p.as_os_str().is_empty()) {
             Some(path) => {
                 let plugin = path.file_name().is_some_and(|n| n == "docker");
-                probe(path, plugin).context("[pacman] docker_compose_bin")
+                probe(path, plugin).context("[pacman] docker_compose_bin")?
             }
-            None => {
-                let v2 = match probe(Path::new("docker"), true) {
-                    Ok(cli) => return Ok(cli),
-                    Err(e) => e,
-                };
-                probe(Path::new("docker-compose"), false)
-                    .map_err(|v1| anyhow!("no Docker Compose found: tried {v2:#}; tried {v1:#}"))
-            }
-        }
+            None => match probe(Path::new("docker"), true) {
+                Ok(cli) => cli,
+                Err(v2) => probe(Path::new("docker-compose"), false).map_err(|v1| {
+                    anyhow!("no Docker Compose found: tried {v2:#}; tried {v1:#}")
+                })?,
+            },
+        };
+        // Which compose runs the apps decides how `up` behaves (v1 cannot forbid a pull).
+        tracing::debug!("compose: {}", cli.describe());
+        Ok(cli)
     }
 
     /// Start the project in `project_dir` with its compose file and [`OVERRIDE_FILE`] if

@@ -141,7 +141,7 @@ struct Manifest {
 fn hex_of(digest: &str, what: &str) -> Result<String> {
     digest
         .strip_prefix("sha256:")
-        .filter(|h| crate::bundle::valid_digest(h))
+        .filter(|h| crate::core::bundle::valid_digest(h))
         .map(str::to_string)
         .ok_or_else(|| Error::copy(format!("{what}: digest {digest:?} is not sha256:<64 hex>")))
 }

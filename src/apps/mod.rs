@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::bundle::{valid_name, Bundle};
+use crate::core::bundle::{valid_name, Bundle};
 use crate::config::{Config, Pacman};
 use crate::error::{Code, Error, Result};
 use crate::policy::AppsPolicy;

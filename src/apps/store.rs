@@ -326,7 +326,7 @@ impl BlobSource for Store {
     }
 }
 
-impl BlobSource for crate::bundle::Bundle {
+impl BlobSource for crate::core::bundle::Bundle {
     fn open_blob(&self, hex: &str) -> Result<Option<(File, u64)>> {
         self.open_file(&format!("apps/blobs/sha256/{hex}"))
     }

@@ -191,6 +191,7 @@ impl BootEnv {
 
     /// A tool-based backend with explicit tool paths: tests run the real process boundary
     /// against stand-in scripts.
+    #[cfg(test)]
     pub fn with_tools(
         mode: RollbackMode,
         printenv: PathBuf,
@@ -211,6 +212,7 @@ impl BootEnv {
     /// U-Boot's tools from `PATH` on the environment that `config` (an `fw_env.config`)
     /// describes instead of `/etc/fw_env.config`: tests run the real tools on an
     /// environment in a file.
+    #[cfg(test)]
     pub fn uboot_with_config(masked: bool, config: &Path) -> BootEnv {
         let mut env = BootEnv::new(RollbackMode::UBoot { masked }, Path::new("/"));
         if let Backend::Tools { leading, .. } = &mut env.backend {
@@ -219,6 +221,7 @@ impl BootEnv {
         env
     }
 
+    #[cfg(test)]
     pub fn mode(&self) -> RollbackMode {
         self.mode
     }

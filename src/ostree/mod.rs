@@ -18,13 +18,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use ostree::gio::prelude::*;
 use ostree::{gio, glib};
 
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
-pub use pull::{pull_from_bundle, PullProgress, PullStats, MARGIN_PERCENT};
-pub use stick_repo::{scan_bundle_commit, FileObj, RootfsPlan};
+pub use pull::pull_from_bundle;
+#[cfg(feature = "internals")]
+pub use pull::{PullProgress, PullStats};
+pub use stick_repo::{scan_bundle_commit, RootfsPlan};
 
 /// Directory of the simulated-boot files, relative to the sysroot.
 pub const SIM_DIR: &str = ".usb-update-sim";
@@ -509,6 +512,37 @@ pub fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<St
     Ok(meta
         .lookup_value("version", Some(glib::VariantTy::STRING))
         .and_then(|s| s.str().map(str::to_string)))
+}
+
+/// A small text file of `commit` in the sysroot's repository (the commit is pulled, so its
+/// content is verified), `None` when the commit has no such file. Capped: the file comes
+/// from a stick, and only a few lines are ever expected.
+pub fn commit_file(pacman: &Pacman, commit: &str, path: &str) -> anyhow::Result<Option<String>> {
+    const CAP: i64 = 64 * 1024;
+    let what = || format!("{path} in commit {commit} of {}", pacman.sysroot.display());
+    let sysroot = open_sysroot(&pacman.sysroot)?;
+    let repo = sysroot.repo();
+    let (root, _) = repo
+        .read_commit(commit, gio::Cancellable::NONE)
+        .with_context(what)?;
+    let file = root.resolve_relative_path(path);
+    let info = match file.query_info(
+        "standard::size,standard::type",
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    ) {
+        Ok(i) => i,
+        Err(e) if e.matches(gio::IOErrorEnum::NotFound) => return Ok(None),
+        Err(e) => return Err(e).with_context(what),
+    };
+    if info.file_type() != gio::FileType::Regular {
+        return Ok(None);
+    }
+    if info.size() > CAP {
+        anyhow::bail!("{} is {} bytes, over {CAP}", what(), info.size());
+    }
+    let (bytes, _) = file.load_contents(gio::Cancellable::NONE).with_context(what)?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 #[cfg(test)]

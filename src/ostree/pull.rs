@@ -31,7 +31,7 @@ use sha2::Digest as _;
 
 use super::stick_repo::{self, object_rel, FileObj, Obj, RootfsPlan, StickRepo};
 use super::{is_commit_checksum, is_no_space, open_sysroot, SysrootLock};
-use crate::bundle::Bundle;
+use crate::core::bundle::Bundle;
 use crate::config::Pacman;
 use crate::error::{Code, Error};
 use crate::hostile_fs::{io_problem, Problem, Refused};

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::pull::commit_complete;
 use super::{is_commit_checksum, open_sysroot};
-use crate::bundle::Bundle;
+use crate::core::bundle::Bundle;
 use crate::config::Pacman;
 use crate::error::{Code, Error, Result};
 use crate::hostile_fs::{Kind, Refused};

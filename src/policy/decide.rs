@@ -4,7 +4,7 @@
 //! need no comparison (denylist, version window, tag switch: 103), then downgrade (102).
 
 use crate::error::{Code, Error, Result};
-use crate::select::Candidate;
+use crate::core::select::Candidate;
 use crate::state::{InstalledTarget, State};
 
 use super::Policy;

@@ -13,9 +13,9 @@ mod leds;
 mod report;
 mod view;
 
-pub use leds::{light, Light};
-pub use report::{report_file_stem, write_report, Report};
-pub use view::{human_lines, status, StatusView};
+pub use leds::light;
+pub use report::{write_report, Report};
+pub use view::{human_lines, status};
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,7 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    #[cfg(any(test, feature = "internals"))]
     pub const ALL: [Pattern; 6] = [
         Pattern::Idle,
         Pattern::Working,

@@ -174,13 +174,13 @@ fn with_a_size_index_a_bomb_is_refused_before_inflating() {
 fn a_stick_root_with_too_many_entries_is_refused_while_listing() {
     let h = Hostile::new();
     let stick = h.stick(|root, _| {
-        for i in 0..=usb_update::media::ROOT_LIST_CAP {
+        for i in 0..=usb_update::agent::media::ROOT_LIST_CAP {
             std::fs::write(root.join(format!("f{i}")), b"").unwrap();
         }
     });
     let why = format!(
         "more than {} entries at the root of the stick: refused",
-        usb_update::media::ROOT_LIST_CAP
+        usb_update::agent::media::ROOT_LIST_CAP
     );
     h.refused(Agent, &stick, 15, &why);
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::scene::{deployments, scene, state};
+use crate::common::scene::{deployments, scene, state, Scene};
 use crate::common::{Unchanged, HWID};
 use test_kit::gen::{ostree as gost, TargetSpec};
 use test_kit::testsys::TestSysroot;
@@ -159,12 +159,12 @@ fn firmware_target(dir: &Path, version: &str, fw: u64) -> TargetSpec {
     TargetSpec::new(HWID, version, &commit)
 }
 
-#[test]
-fn boot_firmware_pending_then_new_firmware() {
+/// A scene whose target "2" carries boot firmware version `fw`.
+fn firmware_scene(fw: u64) -> (tempfile::TempDir, Scene) {
     let b0 = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(b0.path().join("ostree_repo")).unwrap();
     gost::init_archive_repo(&b0.path().join("ostree_repo")).unwrap();
-    let t = firmware_target(b0.path(), "2", 5);
+    let t = firmware_target(b0.path(), "2", fw);
     let s = scene("1", &["1"], &["2"], Some(t));
     // The firmware content lives in b0's repo: copy its objects into the bundle's repo.
     gost::init_archive_repo(&s.b.path().join("ostree_repo")).unwrap();
@@ -179,6 +179,36 @@ fn boot_firmware_pending_then_new_firmware() {
         .status()
         .unwrap();
     assert!(status.success());
+    (b0, s)
+}
+
+#[test]
+fn boot_firmware_downgrade_refused_with_rollback_protection() {
+    let (_b0, s) = firmware_scene(3);
+    let env = s.d.sysroot.join(".usb-update-sim/bootenv");
+    std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+    let before_env = "bootfirmware_version=4\nrollback_protection=1\n";
+    std::fs::write(&env, before_env).unwrap();
+    let before = deployments(&s.d);
+    let r = s.d.run("install", s.b.path(), &[]);
+    code(&r, 102);
+    assert_eq!(
+        r.error(),
+        format!("{HWID}-lmp-2: boot firmware rollback from version 4 to 3 refused (rollback_protection=1)")
+    );
+    // Nothing deployed, nothing armed, nothing pending.
+    assert_eq!(deployments(&s.d), before);
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), before_env);
+    code(&s.d.command("run", &[]), 40);
+
+    // Without the protection the same target installs (and flags the firmware update).
+    std::fs::write(&env, "bootfirmware_version=4\n").unwrap();
+    code(&s.d.run("install", s.b.path(), &[]), 100);
+}
+
+#[test]
+fn boot_firmware_pending_then_new_firmware() {
+    let (_b0, s) = firmware_scene(5);
     let env = s.d.sysroot.join(".usb-update-sim/bootenv");
     std::fs::create_dir_all(env.parent().unwrap()).unwrap();
     std::fs::write(&env, "bootupgrade_available=1\nbootfirmware_version=4\n").unwrap();

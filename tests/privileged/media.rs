@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use udev_support::{fresh_uuid, mounts_at, run, Fs, LoopStick};
-use usb_update::media::{find_bundle, DirWatch, Monitor, Mount, Stick};
+use usb_update::agent::media::{find_bundle, DirWatch, Monitor, Mount, Stick};
 use usb_update::policy::MediaPolicy;
 use usb_update::Code;
 

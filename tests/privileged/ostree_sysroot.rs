@@ -107,7 +107,7 @@ fn pull(
     if !dir.join("tuf").exists() {
         fs::create_dir_all(dir.join("tuf")).unwrap();
     }
-    let bundle = usb_update::bundle::Bundle::open(dir)?;
+    let bundle = usb_update::core::bundle::Bundle::open(dir)?;
     let plan = ost::scan_bundle_commit(p, &bundle, csum)?;
     let mut seen = Vec::new();
     let stats = ost::pull_from_bundle(p, &bundle, &plan, &mut |pr| seen.push(pr))?;

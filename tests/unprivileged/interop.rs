@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use usb_update::core::tufdir::TufDir;
 use usb_update::tuf::meta::{Envelope, Root};
 use usb_update::tuf::verify::{anchor, check_role_signatures, StoredVersions};
 use usb_update::tuf::{verify_bundle, BundleRules, MetaSource, Trust};
-use usb_update::tufdir::TufDir;
 use usb_update::Code;
 
 fn dir() -> PathBuf {

@@ -7,7 +7,7 @@
 //! in upper case with spaces around, as an operator might type it.
 //!
 //! What must hold: no panic; every refusal is 105 with a one-line reason; a manifest that
-//! passes every check (names, then sizes, then hashes, as [`usb_update::tufdir::TufDir::read`]
+//! passes every check (names, then sizes, then hashes, as [`usb_update::core::tufdir::TufDir::read`]
 //! applies them) lists exactly the files of `tuf/`, each with its size and SHA-256.
 
 use std::collections::BTreeMap;
@@ -16,10 +16,10 @@ use std::path::Path;
 use ed25519_dalek::Signer as _;
 use sha2::{Digest as _, Sha256};
 
+use usb_update::core::signature::{self, Manifest};
+use usb_update::core::tufdir::TufDir;
 use usb_update::error::{Code, Result};
 use usb_update::policy::SignaturePolicy;
-use usb_update::signature::{self, Manifest};
-use usb_update::tufdir::TufDir;
 
 fn key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[42u8; 32])

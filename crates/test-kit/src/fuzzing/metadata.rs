@@ -25,8 +25,8 @@ use serde_json::Value;
 use crate::gen::{self, tuf as gt, Factory, PrivateKey, Role, TargetSpec, FAR_FUTURE};
 use foundries_tuf::verify::{anchor, RootStep, StoredVersions};
 use foundries_tuf::{canonical, meta, strict, verify_bundle, BundleRules, Trust};
+use usb_update::core::tufdir::TufDir;
 use usb_update::error::Code;
-use usb_update::tufdir::TufDir;
 
 /// The files a fuzz input can replace, in `op & 7` order (6 and 7 wrap around).
 pub const FILES: [&str; 6] = [

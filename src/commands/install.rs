@@ -11,11 +11,11 @@
 use crate::aklite::callback::{Callback, Event};
 use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps;
-use crate::bootloader::BootEnv;
+use crate::bootloader::{self, BootEnv};
 use crate::config::PackageManager;
-use crate::context::Loaded;
+use crate::core::context::{Loaded, Records};
 use crate::error::{Code, Error, Result};
-use crate::evaluate::{self, Plan, Report, Request};
+use crate::core::evaluate::{self, Plan, Report, Request};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
@@ -27,7 +27,7 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     let verify = phase::start("verify");
     // The shared lock first: what aktualizr-lite's database says is read under it, after
     // our last step's mirror is applied (a crash in between converges here).
-    let (lock, loaded, state, notes) = match lock_and_converge(req) {
+    let (lock, loaded, records, notes) = match lock_and_converge(req) {
         Ok(x) => x,
         Err(e) => {
             let report = Report {
@@ -38,11 +38,12 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
             return (report, Err(e));
         }
     };
-    let hooks = Hooks::new(&loaded.config, &state);
+    let hooks = Hooks::new(&loaded.config, &records);
     hooks.event("check-for-update-pre", None, None);
     // The evaluation uses what was loaded here, under the lock: loaded once.
     let req = &Request {
         loaded: Some(loaded),
+        records: Some(std::sync::Arc::new(records)),
         ..req.clone()
     };
     let (mut report, plan) = evaluate::evaluate(req);
@@ -63,7 +64,7 @@ pub fn install(req: &Request) -> (Report, Result<Code>) {
     (report, result)
 }
 
-type Prepared = (UpdateLock, std::sync::Arc<Loaded>, State, Vec<String>);
+type Prepared = (UpdateLock, std::sync::Arc<Loaded>, Records, Vec<String>);
 
 fn lock_and_converge(req: &Request) -> Result<Prepared> {
     let loaded = match &req.loaded {
@@ -71,9 +72,15 @@ fn lock_and_converge(req: &Request) -> Result<Prepared> {
         None => std::sync::Arc::new(req.sources.load()?),
     };
     let lock = UpdateLock::try_acquire(&loaded.policy.agent.lock_file)?;
+    // Our state first: converging applies what it still owes aktualizr-lite's database,
+    // which is read after that.
     let state = State::load(&loaded.config.state_dir())?;
     let applied = mirror::converge(&loaded.config, &state);
-    Ok((lock, loaded, state, applied.warning.into_iter().collect()))
+    let records = Records {
+        state,
+        aklite: crate::aklite::View::load(&loaded.config),
+    };
+    Ok((lock, loaded, records, applied.warning.into_iter().collect()))
 }
 
 /// `[pacman] callback_program` at aktualizr-lite's steps, with the running target's name.
@@ -83,10 +90,10 @@ pub(crate) struct Hooks {
 }
 
 impl Hooks {
-    pub(crate) fn new(cfg: &crate::config::Config, state: &State) -> Hooks {
+    pub(crate) fn new(cfg: &crate::config::Config, records: &Records) -> Hooks {
         Hooks {
             callback: Callback::new(cfg),
-            current: crate::running::running_name(cfg, state),
+            current: crate::core::running::running_name(cfg, records),
         }
     }
 
@@ -107,8 +114,7 @@ fn apply(
     report: &mut Report,
     progress: Option<&evaluate::Progress>,
 ) -> Result<Code> {
-    let dir = plan.config.state_dir();
-    let mut state = State::load(&dir)?;
+    let mut state = plan.state.clone();
     if plan.code == Code::Ok {
         return Ok(Code::Ok);
     }
@@ -198,6 +204,12 @@ fn apply(
     })?;
     tracing::info!(?stats, "pulled {}", target.ostree);
     pull.done();
+    // Boot firmware rollback protection reads the target's version file: the commit must
+    // be here first, and nothing is deployed or armed yet when it refuses.
+    let version_txt = ostree::commit_file(pacman, &target.ostree, bootloader::VERSION_FILE)?;
+    if let Some(reason) = bootenv.firmware_downgrade(version_txt.as_deref())? {
+        return Err(Error::new(Code::Downgrade, format!("{}: {reason}", target.name)));
+    }
     download.finish("OK");
     failpoint::hit("install-pulled");
     let step = Step::start(hooks, &target.name, "install");

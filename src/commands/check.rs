@@ -1,11 +1,11 @@
 //! `usb-update check`: everything `install` decides, without changing anything: the
-//! [`crate::evaluate`] core's report, as lines for people (or JSON, by the CLI).
+//! [`crate::core::evaluate`] core's report, as lines for people (or JSON, by the CLI).
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::evaluate::Report;
+use crate::core::evaluate::Report;
 use crate::policy::fmt_version;
 
 /// The human lines of a report, one per step.

@@ -11,8 +11,10 @@ mod mount;
 mod stick;
 mod watch;
 
-pub use mount::{detach, mount_options, Mount};
-pub use stick::{find_bundle, Stick, ROOT_LIST_CAP};
+pub use mount::{detach, Mount};
+#[cfg(any(test, feature = "internals"))]
+pub use stick::ROOT_LIST_CAP;
+pub use stick::{find_bundle, Stick};
 pub use watch::{DirWatch, Monitor};
 
 use std::fs::DirBuilder;

@@ -20,7 +20,6 @@ fn tuf(name: &str, sha: &str, version: &str) -> Target {
 fn view(store: Store) -> View {
     View {
         db_path: "/nonexistent/sql.db".into(),
-        import_path: "/nonexistent/installed_versions".into(),
         store,
         warning: None,
         busy: false,

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 
-use crate::bundle::{Bundle, META_CAP, TARGETS_CAP};
+use crate::core::bundle::{Bundle, META_CAP, TARGETS_CAP};
 use crate::error::{Code, Error, Result};
-use crate::signature::Manifest;
+use crate::core::signature::Manifest;
 use crate::tuf::MetaSource;
 
 /// Entries `tuf/` may hold: a bundle has its roots and five files; a factory rotating its
@@ -153,6 +153,7 @@ impl TufDir {
     }
 
     /// A `tuf/` from memory (tests, fuzzing).
+    #[cfg(any(test, feature = "internals"))]
     pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> TufDir {
         TufDir { files }
     }

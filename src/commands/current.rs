@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::config::{Config, PackageManager};
+use crate::core::context::Records;
 use crate::error::Result;
 use crate::state::State;
 use crate::tuf::meta::{self, Envelope};
@@ -33,8 +34,7 @@ pub struct AppLine {
 /// update stored (verified when stored).
 pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
     let cfg = Config::load(config)?;
-    let aklite = crate::aklite::View::load(&cfg);
-    let state = State::load(&cfg.state_dir())?;
+    let Records { state, aklite } = Records::load(&cfg)?;
     let booted = crate::ostree::booted_commit(&cfg.pacman)?;
     let stored = State::tuf_dir(&cfg.state_dir()).join("targets.json");
     let targets = match std::fs::read(&stored) {
@@ -50,7 +50,7 @@ pub fn current(config: &[std::path::PathBuf]) -> Result<Current> {
         .unwrap_or(&cfg.provision.primary_ecu_hardware_id)
         .to_string();
     let commit_version = |c: &str| crate::ostree::commit_version(&cfg.pacman, c).ok().flatten();
-    let running = crate::running::running(
+    let running = crate::core::running::running(
         &state,
         booted.as_deref(),
         &aklite,

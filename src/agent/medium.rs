@@ -19,7 +19,7 @@ use anyhow::Context as _;
 
 use crate::agent::{handle_medium, Sources};
 use crate::error::{Error, OrCode, Result};
-use crate::media::{self, Mount, Stick};
+use crate::agent::media::{self, Mount, Stick};
 use crate::policy::Policy;
 
 /// A medium to take.

@@ -13,10 +13,10 @@ use crate::aklite::mirror::{self, Mirror, Then};
 use crate::apps::{self, previous};
 use crate::bootloader::BootEnv;
 use crate::config::{Config, PackageManager};
-use crate::context::{Loaded, Sources};
+use crate::core::context::{Loaded, Records, Sources};
 use crate::error::{Code, Error, Result};
 use crate::failpoint;
-use crate::install::Hooks;
+use crate::commands::install::Hooks;
 use crate::lock::UpdateLock;
 use crate::ostree;
 use crate::phase;
@@ -77,7 +77,11 @@ pub fn run_loaded(loaded: &Loaded) -> Result<Outcome> {
             "no installation is pending",
         ));
     };
-    let hooks = Hooks::new(&cfg, &state);
+    let records = Records {
+        state: state.clone(),
+        aklite: crate::aklite::View::load(&cfg),
+    };
+    let hooks = Hooks::new(&cfg, &records);
     hooks.event("install-final-pre", Some(&pending.target.name), None);
     if pending.needs_reboot && ostree::boot_id(pacman)? == pending.boot_id {
         let what = match pending.phase {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::bundle::{valid_name, Bundle};
+use crate::core::bundle::{valid_name, Bundle};
 use crate::error::{Code, Error, Result};
 use crate::tuf::{Target, Verified};
 

@@ -7,6 +7,9 @@
 //! Reboot and Docker restart go through the policy's commands (`[agent] reboot_command`,
 //! `docker_restart_command`), so that a test or the demo can stand in for them.
 
+pub mod media;
+pub mod medium;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -16,12 +19,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::context::Loaded;
-pub use crate::context::Sources;
+use crate::core::context::Loaded;
+pub use crate::core::context::Sources;
 use crate::error::{Code, Error, Result};
-use crate::evaluate::Request;
-use crate::media::{self, Mount, Stick};
-use crate::medium::{Held, Medium};
+use crate::core::evaluate::Request;
+use media::{Mount, Stick};
+use medium::{Held, Medium};
 use crate::policy::Policy;
 use crate::state::State;
 use crate::status::{Feedback, Pattern, Report};
@@ -69,7 +72,7 @@ pub fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> {
     let mut ctx = Ctx::load(sources)?;
     let stick = match medium {
         Medium::Device(devnode) => Stick::probe(devnode)?,
-        Medium::Mounted(root) => crate::medium::stick_of_mount(root)?,
+        Medium::Mounted(root) => crate::agent::medium::stick_of_mount(root)?,
     };
     if let Err(why) = stick.accept(&ctx.policy.media) {
         tracing::info!("ignored: {why}");
@@ -134,8 +137,8 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> R
         .unwrap_or_default();
     // tuf/ is read once, here: the signature, the fingerprint and install's TUF checks are
     // all over these bytes.
-    let metadata = std::sync::Arc::new(crate::signature::read_tuf(
-        &crate::bundle::Bundle::open(&bundle)?,
+    let metadata = std::sync::Arc::new(crate::core::signature::read_tuf(
+        &crate::core::bundle::Bundle::open(&bundle)?,
         &ctx.policy.signature,
     )?);
     let fingerprint = hex::encode(Sha256::digest(
@@ -178,7 +181,8 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> R
         target: None,
         force: false,
         metadata: Some(metadata),
-        progress: Some(crate::evaluate::Progress(std::sync::Arc::new(
+        records: None,
+        progress: Some(crate::core::evaluate::Progress(std::sync::Arc::new(
             move |what: &str, done: u64, total: u64| {
                 if let Ok(mut fb) = sink.lock() {
                     fb.progress(what, done, total);
@@ -187,7 +191,7 @@ fn on_stick(ctx: &mut Ctx, stick: &Stick, held: &Held, report: &mut Report) -> R
         ))),
     };
     let t = Instant::now();
-    let (install_report, result) = crate::install::install(&req);
+    let (install_report, result) = crate::commands::install::install(&req);
     drop(watchdog);
     crate::failpoint::hit("agent-installed");
     report
@@ -302,7 +306,7 @@ fn apps_only(ctx: &mut Ctx, report: &mut Report, decision: &str) -> Result<Outco
     crate::failpoint::hit("agent-docker-restarted");
     ctx.fb.step("starting the apps");
     let t = Instant::now();
-    let out = crate::finalize::run_loaded(&ctx.loaded())?;
+    let out = crate::commands::run::run_loaded(&ctx.loaded())?;
     report
         .durations
         .insert("run".into(), t.elapsed().as_secs_f64());
@@ -398,7 +402,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
     ctx.fb
         .step("finishing the update started before the reboot");
     let aklite = Aklite::stop(&ctx.policy)?;
-    let result = crate::finalize::run_loaded(&ctx.loaded());
+    let result = crate::commands::run::run_loaded(&ctx.loaded());
     crate::failpoint::hit("agent-finalize-ran");
     aklite.start(&ctx.policy, &ctx.cfg);
     let out = match result {
@@ -437,7 +441,7 @@ pub fn finalize(sources: &Sources) -> Result<Code> {
 /// watch_dirs`, each through [`handle_medium`], for systems without systemd and for the
 /// demo. Runs until killed.
 pub fn watch(sources: &Sources) -> Result<()> {
-    crate::medium::watch(sources)
+    crate::agent::medium::watch(sources)
 }
 
 fn run_command(argv: &[String], what: &str) -> Result<()> {
@@ -579,7 +583,7 @@ impl Seen {
 }
 
 fn current_name(sources: &Sources) -> Option<String> {
-    crate::current::current(&sources.config)
+    crate::commands::current::current(&sources.config)
         .ok()
         .map(|c| format!("{} ({})", c.name, crate::policy::fmt_version(c.version)))
 }

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::bundle::Bundle;
+use crate::core::bundle::Bundle;
 use crate::config::{Config, PackageManager};
-use crate::context::{Loaded, Sources};
-use crate::device::Device;
+use crate::core::context::{Loaded, Records, Sources};
+use crate::core::device::Device;
 use crate::error::{Code, Error, Result};
 use crate::policy::{decide, Decide, Policy};
-use crate::select::{self, Candidate, Selection};
-use crate::signature::SignedTuf;
+use crate::core::select::{self, Candidate, Selection};
+use crate::core::signature::SignedTuf;
 use crate::state::{InstalledTarget, State};
 use crate::tuf::verify::{BundleInfo, RoleInfo, RootStep};
 use crate::tuf::{self, BundleRules, Verified};
@@ -35,6 +35,8 @@ pub struct Request {
     /// `tuf/` already read (and its signature checked) by the agent, which needs it before
     /// `install` runs: the bundle's metadata is read once, whoever reads it.
     pub metadata: Option<std::sync::Arc<SignedTuf>>,
+    /// Our state and aktualizr-lite's view, already read by `install` under the lock.
+    pub records: Option<std::sync::Arc<Records>>,
 }
 
 /// A progress sink: `(what, done, total)`, called from the copying threads.
@@ -102,6 +104,8 @@ pub struct Plan {
     /// For a new rootfs: the objects of its commit that the device lacks, checked on the
     /// stick (`None` when the rootfs stays).
     pub rootfs: Option<crate::ostree::RootfsPlan>,
+    /// Our state as the evaluation read it (under `install`'s lock: still current).
+    pub state: State,
 }
 
 /// Run every check; the report is filled as far as the checks got.
@@ -124,10 +128,13 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         Some(loaded) => Loaded::clone(loaded),
         None => req.sources.load()?,
     };
-    let aklite = crate::aklite::View::load(&config);
+    let records = match &req.records {
+        Some(r) => Records::clone(r),
+        None => Records::load(&config)?,
+    };
+    let Records { state, aklite } = records;
     report.notes.extend(aklite.warning.clone());
     let device = Device::load(&config, &aklite)?;
-    let state = State::load(&config.state_dir())?;
     let booted = crate::ostree::booted_commit(&config.pacman)?;
     report.device = Some(DeviceSummary {
         hardware_id: device.hwid.clone(),
@@ -147,7 +154,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let bundle = Bundle::open(&req.src_dir)?;
     let metadata = match &req.metadata {
         Some(m) => m.clone(),
-        None => std::sync::Arc::new(crate::signature::read_tuf(&bundle, &policy.signature)?),
+        None => std::sync::Arc::new(crate::core::signature::read_tuf(&bundle, &policy.signature)?),
     };
     report.signature = metadata.signer.clone();
     // Tests swap the files on the stick here: nothing may read them again.
@@ -182,7 +189,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
             .ok()
             .flatten()
     };
-    let found = crate::running::running(
+    let found = crate::core::running::running(
         &state,
         booted.as_deref(),
         &aklite,
@@ -193,7 +200,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let mut running = found.as_ref().map(|(r, _)| r.clone());
     if let Some((r, source)) = &found {
         report.running_from = Some(source.describe().to_string());
-        if *source != crate::running::Source::Recorded {
+        if *source != crate::core::running::Source::Recorded {
             // Not ours: whether its apps run is not known, so they are synced
             // (aktualizr-lite's "Syncing Active Target Apps") rather than assumed in place.
             if let Some(r) = running.as_mut() {
@@ -239,6 +246,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         config,
         policy,
         rootfs,
+        state,
     })
 }
 

@@ -26,10 +26,10 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::bundle::Bundle;
+use crate::core::bundle::Bundle;
 use crate::error::{Code, Error, Result};
 use crate::policy::SignaturePolicy;
-use crate::tufdir::TufDir;
+use crate::core::tufdir::TufDir;
 
 pub const FILE: &str = "usb-update.sig";
 /// The format this build writes and reads.
@@ -207,11 +207,13 @@ pub fn check_file(bytes: &[u8], policy: &SignaturePolicy, path: &Path) -> Result
 
 impl Manifest {
     /// The signer's public key (lowercase hex).
+    #[cfg(any(test, feature = "internals"))]
     pub fn key(&self) -> &str {
         &self.key
     }
 
     /// What was signed: name -> (sha256 hex, size).
+    #[cfg(any(test, feature = "internals"))]
     pub fn entries(&self) -> &BTreeMap<String, (String, u64)> {
         &self.entries
     }

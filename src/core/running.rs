@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use crate::aklite::View;
+use crate::core::context::Records;
 use crate::state::{InstalledTarget, State};
 use crate::tuf::Target;
 
@@ -111,15 +112,15 @@ pub fn running(
 }
 
 /// The running target's name, without bundle metadata (what callbacks are told).
-pub fn running_name(cfg: &crate::config::Config, state: &State) -> String {
+pub fn running_name(cfg: &crate::config::Config, records: &Records) -> String {
     let booted = crate::ostree::booted_commit(&cfg.pacman).ok().flatten();
-    let aklite = View::load(cfg);
+    let Records { state, aklite } = records;
     let hwid = &cfg.provision.primary_ecu_hardware_id;
     let commit_version = |c: &str| crate::ostree::commit_version(&cfg.pacman, c).ok().flatten();
     running(
         state,
         booted.as_deref(),
-        &aklite,
+        aklite,
         &[],
         hwid,
         &commit_version,

@@ -2,7 +2,7 @@ use std::fs;
 
 use nix::mount::MsFlags;
 
-use super::mount::{is_mount_point, mount_name};
+use super::mount::{is_mount_point, mount_name, mount_options};
 use super::*;
 use crate::policy::MediaPolicy;
 use crate::Code;
