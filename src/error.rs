@@ -124,6 +124,19 @@ impl Error {
         }
     }
 
+    /// Keep `cause` as the source of an error whose message already says why in words of
+    /// its own (when the cause's own words say nothing to an operator).
+    pub fn with_source(self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        match self {
+            Error::Coded { code, msg, .. } => Error::Coded {
+                code,
+                msg,
+                source: Some(Box::new(cause)),
+            },
+            internal => internal,
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Error::Coded { code, .. } => *code,
@@ -173,6 +186,16 @@ mod tests {
         let e = Error::Internal(anyhow::anyhow!("first\nsecond\tthird"));
         assert_eq!(e.one_line(), "first second\\tthird");
         assert_eq!(Error::copy("plain é").one_line(), "plain é");
+    }
+
+    #[test]
+    fn with_source_keeps_the_cause_and_the_words() {
+        let e = Error::docker_unavailable("lost the engine: connection refused")
+            .with_source(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(e.code(), Code::DockerUnavailable);
+        assert_eq!(e.one_line(), "lost the engine: connection refused");
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
     }
 
     #[test]

@@ -324,7 +324,8 @@ impl Engine {
                 "lost the Docker engine at {} while {what}: {}",
                 self.socket,
                 reason(&e)
-            )),
+            ))
+            .with_source(e),
             e => anyhow::Error::new(e).context(what.to_string()).into(),
         }
     }

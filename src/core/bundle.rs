@@ -96,6 +96,12 @@ impl Bundle {
         }
     }
 
+    /// The error for an entry that breaks one of the bundle's own rules (15): "bundle B:
+    /// rel what: refused".
+    pub(crate) fn invalid(&self, rel: &str, what: &str) -> Error {
+        Error::invalid_bundle(format!("bundle {}: {rel} {what}: refused", self.path.display()))
+    }
+
     /// Open a regular file beneath the bundle root for reading.
     pub fn open_file(&self, rel: &str) -> Result<Option<(File, u64)>> {
         self.tree.open_file(rel).map_err(|r| self.refusal(r))

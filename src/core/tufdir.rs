@@ -27,13 +27,6 @@ pub struct TufDir {
     files: BTreeMap<String, Vec<u8>>,
 }
 
-fn hostile(bundle: &Bundle, rel: &str, what: &str) -> Error {
-    Error::invalid_bundle(format!(
-        "bundle {}: {rel} {what}: refused",
-        bundle.path().display()
-    ))
-}
-
 /// The cap of one file of `tuf/`.
 pub fn cap_of(name: &str) -> u64 {
     if name == "targets.json" {
@@ -70,9 +63,7 @@ impl TufDir {
             ))
         })?;
         if names.len() > MAX_ENTRIES {
-            return Err(hostile(
-                bundle,
-                "tuf/",
+            return Err(bundle.invalid("tuf/",
                 &format!(
                     "holds {} entries, more than the {MAX_ENTRIES} a bundle may have",
                     names.len()
@@ -82,16 +73,12 @@ impl TufDir {
         for name in &names {
             // `list_dir` makes a name that is not UTF-8 lossy: U+FFFD marks it.
             if name.contains('\u{fffd}') {
-                return Err(hostile(
-                    bundle,
-                    &format!("tuf/{name}"),
+                return Err(bundle.invalid(&format!("tuf/{name}"),
                     "has a name that is not UTF-8",
                 ));
             }
             if name.chars().any(char::is_control) {
-                return Err(hostile(
-                    bundle,
-                    &format!("tuf/{}", name.escape_debug()),
+                return Err(bundle.invalid(&format!("tuf/{}", name.escape_debug()),
                     "has a control character in its name",
                 ));
             }

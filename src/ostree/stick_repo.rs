@@ -341,10 +341,7 @@ impl<'a> StickRepo<'a> {
     }
 
     fn invalid(&self, rel: &str, what: &str) -> Error {
-        Error::invalid_bundle(format!(
-            "bundle {}: {rel} {what}: refused",
-            self.bundle.path().display()
-        ))
+        self.bundle.invalid(rel, what)
     }
 
     fn missing(&self, rel: &str) -> Error {

@@ -11,9 +11,9 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use usb_update::ostree::testsys::TestSysroot;
+//! use test_kit::testsys::TestSysroot;
 //! let sys = TestSysroot::new("lmp")?;
-//! // a commit made with crate::gen::ostree in some repo:
+//! // a commit made with test_kit::gen::ostree in some repo:
 //! # let (repo, commit) = (std::path::Path::new("/tmp/repo"), "0".repeat(64));
 //! sys.deploy_with_cli(repo, &commit, &["root=LABEL=otaroot", "console=ttyS0"])?;
 //! sys.simulate_reboot(&commit, "boot-1")?;

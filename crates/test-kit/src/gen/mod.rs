@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use crate::gen::{simple_bundle, AppSpec, Factory};
+//! use test_kit::gen::{simple_bundle, AppSpec, Factory};
 //! let factory = Factory::new()?;
 //! let dst = std::path::Path::new("/tmp/bundle");
 //! let bundle = simple_bundle(&factory, dst, "intel-corei7-64", "42",
