@@ -21,7 +21,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Replace `path` by `bytes` atomically but without fsync: for `/run`, which a power cut
 /// empties anyway.
-pub fn replace_volatile(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn replace_volatile(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write(path, bytes, false)
 }
 

@@ -118,7 +118,7 @@ impl Refused {
     }
 
     /// The medium failed (stick removed, I/O error): not a verdict on the bundle.
-    pub fn is_io(&self) -> bool {
+    pub(crate) fn is_io(&self) -> bool {
         matches!(self.problem, Problem::Unreadable(_) | Problem::Io(_))
     }
 }
@@ -162,7 +162,7 @@ fn how(flags: OFlag) -> OpenHow {
 
 /// `openat(dir, name)` of one component, never following a symlink, close-on-exec. For the
 /// writers that create under a directory they made (archive extraction).
-pub fn openat_nofollow(
+pub(crate) fn openat_nofollow(
     dir: &OwnedFd,
     name: &[u8],
     flags: OFlag,
@@ -282,7 +282,7 @@ impl Tree {
     }
 
     /// Directory `rel` as a tree of its own; `None` if it does not exist.
-    pub fn open_dir(&self, rel: &str) -> Res<Option<Tree>> {
+    pub(crate) fn open_dir(&self, rel: &str) -> Res<Option<Tree>> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK;
         Ok(self
             .open_checked(rel, Kind::Dir, flags)?
@@ -297,7 +297,7 @@ impl Tree {
     /// entries is refused when the first one too many is read, so a huge directory costs
     /// neither memory nor much time. Names that are not UTF-8 count, but are not passed on.
     /// `None` if `rel` does not exist.
-    pub fn each_entry(
+    pub(crate) fn each_entry(
         &self,
         rel: &str,
         cap: usize,
@@ -445,7 +445,7 @@ fn errno_problem(e: Errno) -> Problem {
 }
 
 /// The problem of a failed read of an opened file.
-pub fn io_problem(e: &io::Error) -> Problem {
+pub(crate) fn io_problem(e: &io::Error) -> Problem {
     match e.raw_os_error() {
         Some(n) => errno_problem(Errno::from_raw(n)),
         None => Problem::Io(Errno::EIO),
@@ -454,7 +454,7 @@ pub fn io_problem(e: &io::Error) -> Problem {
 
 /// A reader that fails (rather than ending quietly) once more than `cap` bytes went
 /// through: a stream whose length is not known in advance (a decompressor) stays bounded.
-pub struct Capped<R> {
+pub(crate) struct Capped<R> {
     inner: R,
     left: u64,
     cap: u64,
@@ -476,7 +476,7 @@ impl<R> Capped<R> {
 
 /// The error [`Capped`] returns; `is_cap_exceeded` recognises it in an `io::Error`.
 #[derive(Debug)]
-pub struct CapExceeded {
+pub(crate) struct CapExceeded {
     pub what: &'static str,
     pub cap: u64,
 }
@@ -495,7 +495,7 @@ impl std::error::Error for CapExceeded {}
 
 /// Is `e` (or what it wraps) the error of a [`Capped`] reader?
 #[cfg(test)]
-pub fn is_cap_exceeded(e: &io::Error) -> bool {
+pub(crate) fn is_cap_exceeded(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<CapExceeded>())
 }
 

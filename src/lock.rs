@@ -13,18 +13,18 @@ use anyhow::Context as _;
 use crate::error::{Code, Error, Result};
 
 /// aktualizr-lite's lock.
-pub const DEFAULT_PATH: &str = "/var/lock/aklite.lock";
+pub(crate) const DEFAULT_PATH: &str = "/var/lock/aklite.lock";
 
 /// Held until dropped (the kernel releases a flock when its file is closed, also on crash).
 #[derive(Debug)]
-pub struct UpdateLock {
+pub(crate) struct UpdateLock {
     _file: File,
 }
 
 impl UpdateLock {
     /// Take the lock or fail at once with exit code 30, naming the holder when the kernel
     /// says who it is.
-    pub fn try_acquire(path: &Path) -> Result<UpdateLock> {
+    pub(crate) fn try_acquire(path: &Path) -> Result<UpdateLock> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

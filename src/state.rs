@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// The schema this build reads and writes.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -43,7 +43,7 @@ pub struct State {
 }
 
 /// History entries kept.
-pub const HISTORY_LEN: usize = 100;
+pub(crate) const HISTORY_LEN: usize = 100;
 
 /// An installation that `run` must finish.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,7 +149,7 @@ impl State {
         serde_json::from_value(v).with_context(|| format!("{}: unexpected content", path.display()))
     }
 
-    pub fn is_failed(&self, name: &str) -> Option<&FailedTarget> {
+    pub(crate) fn is_failed(&self, name: &str) -> Option<&FailedTarget> {
         self.failed.iter().find(|f| f.name == name)
     }
 
@@ -186,7 +186,7 @@ impl State {
     }
 
     /// Remove the pending marker (absent is fine).
-    pub fn remove_marker(dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn remove_marker(dir: &Path) -> anyhow::Result<()> {
         let marker = Self::pending_marker(dir);
         match std::fs::remove_file(&marker) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -24,7 +24,7 @@ fn now_ms() -> u64 {
 }
 
 /// Something moved. Cheap (one atomic store): called for every open and copied chunk.
-pub fn beat() {
+pub(crate) fn beat() {
     LAST_BEAT.store(now_ms(), Ordering::Relaxed);
 }
 
@@ -38,7 +38,7 @@ const DISARMED: u8 = 1;
 const FIRED: u8 = 2;
 
 /// An armed watchdog; dropping it disarms it.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     state: Arc<AtomicU8>,
     wake: Arc<(Mutex<()>, Condvar)>,
     thread: Option<JoinHandle<()>>,
@@ -47,7 +47,7 @@ pub struct Watchdog {
 /// Start watching: once nothing beat for `timeout`, `on_stall` runs (on the watchdog's
 /// thread) with the time since the last beat. It is meant to end the process: a thread that
 /// disarms a fired watchdog waits for that instead of racing it.
-pub fn arm(timeout: Duration, on_stall: impl FnOnce(Duration) + Send + 'static) -> Watchdog {
+pub(crate) fn arm(timeout: Duration, on_stall: impl FnOnce(Duration) + Send + 'static) -> Watchdog {
     beat();
     let state = Arc::new(AtomicU8::new(ARMED));
     let wake = Arc::new((Mutex::new(()), Condvar::new()));

@@ -24,7 +24,7 @@ use crate::policy::Policy;
 
 /// A medium to take.
 #[derive(Debug, Clone)]
-pub enum Medium {
+pub(crate) enum Medium {
     /// A block device (a devnode), for the agent to mount.
     Device(PathBuf),
     /// The root of a filesystem another program mounted.
@@ -41,7 +41,7 @@ impl std::fmt::Display for Medium {
 }
 
 /// The block device under a mounted filesystem, as udev knows it.
-pub fn stick_of_mount(root: &Path) -> Result<Stick> {
+pub(crate) fn stick_of_mount(root: &Path) -> Result<Stick> {
     let dev = std::fs::metadata(root)
         .with_context(|| format!("inspecting {}", root.display()))?
         .dev();
@@ -58,7 +58,7 @@ pub fn stick_of_mount(root: &Path) -> Result<Stick> {
 
 /// A medium's filesystem as the agent holds it while it works.
 #[derive(Debug)]
-pub enum Held {
+pub(crate) enum Held {
     Ours(Mount),
     Theirs(PathBuf),
 }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::core::context::Loaded;
-pub use crate::core::context::Sources;
+pub(crate) use crate::core::context::Sources;
 use crate::error::{Code, Error, Result};
 use crate::core::evaluate::Request;
 use media::{Mount, Stick};
@@ -68,7 +68,7 @@ pub fn handle(sources: &Sources, devnode: &Path) -> Result<Code> {
 
 /// One medium, whoever mounted it: the flow of `agent handle`, for `agent watch`'s udev
 /// sticks and its `watch_dirs` media alike.
-pub fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> {
+pub(crate) fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> {
     let mut ctx = Ctx::load(sources)?;
     let stick = match medium {
         Medium::Device(devnode) => Stick::probe(devnode)?,

@@ -14,14 +14,14 @@ use std::process::{Command, Stdio};
 
 use crate::config::Config;
 
-pub struct Callback {
+pub(crate) struct Callback {
     program: Option<PathBuf>,
     current_target: PathBuf,
 }
 
 /// One call: the step, and what it is about.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     pub message: &'a str,
     pub current: Option<&'a str>,
     pub install: Option<&'a str>,

@@ -55,7 +55,7 @@ pub fn write(path: &Path, t: &InstalledTarget) -> anyhow::Result<()> {
 }
 
 /// Replace `path` atomically unless it already holds `bytes`.
-pub fn write_if_changed(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }

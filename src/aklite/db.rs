@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::state::InstalledTarget;
 
 /// The schema version this build reads and writes (`SELECT version FROM version`).
-pub const SCHEMA_VERSION: i64 = 25;
+pub(crate) const SCHEMA_VERSION: i64 = 25;
 
 /// How long a read or write waits for aktualizr-lite's own transaction to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +48,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
 /// `meta.repo` of the image repository (the only one aktualizr-lite uses).
 const IMAGE_REPO: i64 = 0;
 /// `meta.meta_type` values.
-pub const ROOT: i64 = 0;
+pub(crate) const ROOT: i64 = 0;
 pub const SNAPSHOT: i64 = 1;
 pub const TARGETS: i64 = 2;
 pub const TIMESTAMP: i64 = 3;
@@ -96,7 +96,7 @@ impl Facts {
         self.rows.iter().find(|r| r.is_pending)
     }
 
-    pub fn by_correlation_id(&self, cid: &str) -> Option<&Row> {
+    pub(crate) fn by_correlation_id(&self, cid: &str) -> Option<&Row> {
         self.rows.iter().rev().find(|r| r.correlation_id == cid)
     }
 
@@ -113,7 +113,7 @@ impl Facts {
 
 /// Why the database cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
+pub(crate) enum DbError {
     /// Another version or shape of schema: never read or written.
     #[error("{path}: {why}: not read or written by this build")]
     Unknown { path: PathBuf, why: String },
@@ -142,7 +142,7 @@ impl DbError {
 }
 
 /// An open database whose schema we know.
-pub struct Db {
+pub(crate) struct Db {
     path: PathBuf,
     conn: Connection,
 }
@@ -407,7 +407,7 @@ impl Writer<'_> {
     }
 
     /// A root of the image repository: one row per version.
-    pub fn store_root(&self, version: u64, bytes: &[u8]) -> rusqlite::Result<()> {
+    pub(crate) fn store_root(&self, version: u64, bytes: &[u8]) -> rusqlite::Result<()> {
         let v = i64::try_from(version).unwrap_or(i64::MAX);
         self.tx.execute(
             "DELETE FROM meta WHERE repo = ?1 AND meta_type = ?2 AND version = ?3",
@@ -421,7 +421,7 @@ impl Writer<'_> {
     }
 
     /// Timestamp, snapshot or targets: the one row of the role is replaced (version -1).
-    pub fn store_role(&self, meta_type: i64, bytes: &[u8]) -> rusqlite::Result<()> {
+    pub(crate) fn store_role(&self, meta_type: i64, bytes: &[u8]) -> rusqlite::Result<()> {
         self.tx.execute(
             "DELETE FROM meta WHERE repo = ?1 AND meta_type = ?2",
             params![IMAGE_REPO, meta_type],
@@ -434,7 +434,7 @@ impl Writer<'_> {
     }
 
     /// aktualizr-lite's "a reboot is needed" flag (with the sentinel file, "not yet").
-    pub fn set_need_reboot(&self, on: bool) -> rusqlite::Result<()> {
+    pub(crate) fn set_need_reboot(&self, on: bool) -> rusqlite::Result<()> {
         if on {
             self.tx.execute(
                 "INSERT OR REPLACE INTO need_reboot(unique_mark, flag) VALUES (0, 1)",

@@ -100,7 +100,7 @@ pub fn current(entries: &[Entry], booted: &str) -> Option<InstalledTarget> {
 
 /// The file naming `t` as the current target: only that entry counts for the import, so
 /// the others (the factory image's) are not kept, and the file does not grow.
-pub fn with_current(t: &InstalledTarget) -> Vec<Entry> {
+pub(crate) fn with_current(t: &InstalledTarget) -> Vec<Entry> {
     vec![Entry {
         name: t.name.clone(),
         sha256: t.sha256.clone(),

@@ -69,7 +69,7 @@ impl Mirror {
     }
 
     /// The pending step's successor for the same target: same correlation id.
-    pub fn current_after(&self, target: &InstalledTarget) -> Mirror {
+    pub(crate) fn current_after(&self, target: &InstalledTarget) -> Mirror {
         let cid = match &self.then {
             Then::Pending { target: t, .. } if t.name == target.name => self.correlation_id.clone(),
             _ => correlation_id(target.version),
@@ -84,7 +84,7 @@ impl Mirror {
     }
 
     /// `target` failed: the bad mark, by the correlation id of its pending step.
-    pub fn bad_of(m: Option<&Mirror>, target: &InstalledTarget) -> Bad {
+    pub(crate) fn bad_of(m: Option<&Mirror>, target: &InstalledTarget) -> Bad {
         let cid = m
             .filter(|m| matches!(&m.then, Then::Pending { target: t, .. } if t.name == target.name))
             .map_or_else(
@@ -124,7 +124,7 @@ pub fn correlation_id(version: Option<u64>) -> String {
 
 /// What applying the mirror did.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Something was written.
     pub changed: bool,
     /// Why the database was not written (said on the console and in the report).
@@ -132,7 +132,7 @@ pub struct Applied {
 }
 
 /// Apply `state`'s mirror, if any, unless the database already shows it.
-pub fn converge(cfg: &Config, state: &State) -> Applied {
+pub(crate) fn converge(cfg: &Config, state: &State) -> Applied {
     let Some(m) = &state.aklite else {
         return Applied::default();
     };

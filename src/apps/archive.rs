@@ -35,7 +35,7 @@ pub struct Limits {
 }
 
 /// A compose archive holds a compose file and a few small files: these are generous.
-pub const LIMITS: Limits = Limits {
+pub(crate) const LIMITS: Limits = Limits {
     max_entries: 10_000,
     max_bytes: 256 << 20,
 };

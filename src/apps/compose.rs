@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_yaml_ng::Value;
 
 /// The compose file names compose itself looks for, in its order of preference.
-pub const FILE_NAMES: [&str; 4] = [
+pub(crate) const FILE_NAMES: [&str; 4] = [
     "compose.yaml",
     "compose.yml",
     "docker-compose.yaml",
@@ -102,7 +102,7 @@ pub fn pinned(reference: &str) -> Option<(&str, &str)> {
 
 /// The compose file of a project directory, by [`FILE_NAMES`] order (regular files only:
 /// a symlink could point anywhere).
-pub fn find_file(project_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn find_file(project_dir: &Path) -> Option<PathBuf> {
     FILE_NAMES.iter().map(|n| project_dir.join(n)).find(|p| {
         std::fs::symlink_metadata(p)
             .map(|m| m.file_type().is_file())

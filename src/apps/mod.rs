@@ -39,10 +39,10 @@ use store::{FetchProgress, FetchStats, Store};
 
 /// Why started apps are not up: the update failed (as opposed to an error that stopped us
 /// from trying, such as an unreachable engine, which leaves the work pending).
-pub type Verdict = std::result::Result<(), String>;
+pub(crate) type Verdict = std::result::Result<(), String>;
 
 /// The compose project of an app: compose itself keeps only `[a-z0-9_-]` of a name.
-pub fn project_name(app: &str) -> String {
+pub(crate) fn project_name(app: &str) -> String {
     app.to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -50,7 +50,7 @@ pub fn project_name(app: &str) -> String {
 }
 
 /// App project directories present under `compose_apps_root`.
-pub fn project_dirs(pacman: &Pacman) -> Result<Vec<String>> {
+pub(crate) fn project_dirs(pacman: &Pacman) -> Result<Vec<String>> {
     let root = &pacman.compose_apps_root;
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
@@ -296,7 +296,7 @@ pub fn start(
 
 /// Bring back the apps of `record`: from the store when their URI is known, else from the
 /// copy of their project taken at install, with the images their containers ran.
-pub fn restore(cfg: &Config, policy: &AppsPolicy, record: &Record) -> Result<Verdict> {
+pub(crate) fn restore(cfg: &Config, policy: &AppsPolicy, record: &Record) -> Result<Verdict> {
     let engine = Engine::connect()?;
     let cli = compose_cli(&cfg.pacman, &engine)?;
     let store = Store::new(&cfg.pacman.reset_apps_root);

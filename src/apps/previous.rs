@@ -51,7 +51,7 @@ pub fn file(state_dir: &Path) -> PathBuf {
     state_dir.join("previous-apps.json")
 }
 
-pub fn backup_dir(state_dir: &Path, app: &str) -> PathBuf {
+pub(crate) fn backup_dir(state_dir: &Path, app: &str) -> PathBuf {
     state_dir.join("previous-apps").join(app)
 }
 

@@ -58,7 +58,7 @@ impl Store {
         self.root.join("blobs/sha256")
     }
 
-    pub fn blob_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, hex: &str) -> PathBuf {
         self.blobs_dir().join(hex)
     }
 
@@ -75,7 +75,7 @@ impl Store {
     /// record each app version. A blob whose bytes do not match its digest fails the fetch
     /// (50), ENOSPC gives 60; either way the blobs this fetch added are removed again, so
     /// a failed install leaves the store as it found it.
-    pub fn fetch(
+    pub(crate) fn fetch(
         &self,
         src: &dyn BlobSource,
         apps: &[App],

@@ -53,17 +53,17 @@ use anyhow::{anyhow, bail, Context as _};
 use tracing::{debug, info, warn};
 
 /// Where a deployment carries its boot firmware version, relative to the deployment root.
-pub const VERSION_FILE: &str = "usr/lib/firmware/version.txt";
+pub(crate) const VERSION_FILE: &str = "usr/lib/firmware/version.txt";
 /// The key in [`VERSION_FILE`], and the environment variable holding the running version.
-pub const VERSION_KEY: &str = "bootfirmware_version";
+pub(crate) const VERSION_KEY: &str = "bootfirmware_version";
 /// Set while a boot firmware update waits for its reboot.
-pub const BOOT_UPGRADE: &str = "bootupgrade_available";
+pub(crate) const BOOT_UPGRADE: &str = "bootupgrade_available";
 /// The file backend's environment, in the simulation directory of the sysroot.
-pub const FILE_ENV_NAME: &str = "bootenv";
+pub(crate) const FILE_ENV_NAME: &str = "bootenv";
 
 /// `[bootloader] rollback_mode`, as aktualizr spells it, plus our `file` test double.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RollbackMode {
+pub(crate) enum RollbackMode {
     None,
     UBoot { masked: bool },
     Fiovb,
@@ -108,7 +108,7 @@ impl RollbackMode {
 
     /// Whether the bootloader takes part in the `bootupgrade_available` protocol and arms
     /// boot counting with `upgrade_available` (aktualizr-lite: a printenv command exists).
-    pub fn supports_boot_firmware(self) -> bool {
+    pub(crate) fn supports_boot_firmware(self) -> bool {
         !matches!(
             self,
             RollbackMode::None | RollbackMode::UBoot { masked: false }
@@ -161,13 +161,13 @@ enum Backend {
 
 /// The bootloader environment of the device, through the backend the config names.
 #[derive(Debug, Clone)]
-pub struct BootEnv {
+pub(crate) struct BootEnv {
     mode: RollbackMode,
     backend: Backend,
 }
 
 impl BootEnv {
-    pub fn from_config(cfg: &crate::config::Config) -> anyhow::Result<BootEnv> {
+    pub(crate) fn from_config(cfg: &crate::config::Config) -> anyhow::Result<BootEnv> {
         let mode = RollbackMode::parse(&cfg.bootloader.rollback_mode)?;
         Ok(BootEnv::new(mode, &cfg.pacman.sysroot))
     }
@@ -192,7 +192,7 @@ impl BootEnv {
     /// A tool-based backend with explicit tool paths: tests run the real process boundary
     /// against stand-in scripts.
     #[cfg(test)]
-    pub fn with_tools(
+    pub(crate) fn with_tools(
         mode: RollbackMode,
         printenv: PathBuf,
         setenv: PathBuf,
@@ -213,7 +213,7 @@ impl BootEnv {
     /// describes instead of `/etc/fw_env.config`: tests run the real tools on an
     /// environment in a file.
     #[cfg(test)]
-    pub fn uboot_with_config(masked: bool, config: &Path) -> BootEnv {
+    pub(crate) fn uboot_with_config(masked: bool, config: &Path) -> BootEnv {
         let mut env = BootEnv::new(RollbackMode::UBoot { masked }, Path::new("/"));
         if let Backend::Tools { leading, .. } = &mut env.backend {
             *leading = vec!["-c".into(), config.display().to_string()];
@@ -236,7 +236,7 @@ impl BootEnv {
     }
 
     /// A boot firmware update waits for its reboot: install must return 90 without deploying.
-    pub fn boot_firmware_pending(&self) -> anyhow::Result<bool> {
+    pub(crate) fn boot_firmware_pending(&self) -> anyhow::Result<bool> {
         if !self.mode.supports_boot_firmware() {
             return Ok(false);
         }
@@ -248,7 +248,7 @@ impl BootEnv {
     /// [`VERSION_FILE`] (`None`: the commit has none, nothing to protect). A file that
     /// cannot be parsed is refused, as aktualizr-lite does; an unknown running version
     /// counts as 0.
-    pub fn firmware_downgrade(&self, version_txt: Option<&str>) -> anyhow::Result<Option<String>> {
+    pub(crate) fn firmware_downgrade(&self, version_txt: Option<&str>) -> anyhow::Result<Option<String>> {
         if !self.mode.supports_boot_firmware()
             || self.get("rollback_protection")?.as_deref() != Some("1")
         {
@@ -276,7 +276,7 @@ impl BootEnv {
     /// After deploying: when the new deployment's boot firmware version differs from the
     /// running one (or that is unknown), ask the bootloader to update it at the next boot.
     /// Returns whether `bootupgrade_available=1` was set.
-    pub fn check_boot_firmware(&self, deployment_root: &Path) -> anyhow::Result<bool> {
+    pub(crate) fn check_boot_firmware(&self, deployment_root: &Path) -> anyhow::Result<bool> {
         if !self.mode.supports_boot_firmware() {
             return Ok(false);
         }
@@ -317,7 +317,7 @@ impl BootEnv {
     /// Before the reboot into a new deployment: arm the bootloader's boot counting, so that
     /// a rootfs that does not boot is rolled back. Called before deploying, as aktualizr-lite
     /// does, since a deployment is not atomic and a needless arming is harmless.
-    pub fn update_notify(&self) -> anyhow::Result<()> {
+    pub(crate) fn update_notify(&self) -> anyhow::Result<()> {
         match self.mode {
             RollbackMode::None => Ok(()),
             RollbackMode::UBoot { masked: false } => {
@@ -332,7 +332,7 @@ impl BootEnv {
     }
 
     /// The running rootfs is good: disarm boot counting.
-    pub fn set_boot_ok(&self) -> anyhow::Result<()> {
+    pub(crate) fn set_boot_ok(&self) -> anyhow::Result<()> {
         match self.mode {
             RollbackMode::None => Ok(()),
             RollbackMode::UBoot { masked: false } => self.set_all(&[("bootcount", "0")]),
@@ -463,7 +463,7 @@ fn cmdline(program: &Path, args: &[&str]) -> String {
 }
 
 /// The value of `bootfirmware_version=N` in a version.txt, `None` when there is none.
-pub fn parse_version_txt(text: &str) -> Option<String> {
+pub(crate) fn parse_version_txt(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let rest = line.trim().strip_prefix(VERSION_KEY)?;
         let value = rest.trim_start().strip_prefix('=')?.trim();

@@ -101,7 +101,7 @@ fn all_apps(t: &crate::state::InstalledTarget) -> std::collections::BTreeMap<Str
 }
 
 /// As aktualizr-lite's `current` prints it (the `aklite-offline` personality).
-pub fn aklite_lines(c: &Current) -> Vec<String> {
+pub(crate) fn aklite_lines(c: &Current) -> Vec<String> {
     let mut out = vec![
         format!("Target: {}", c.name),
         format!("Ostree hash: {}", c.ostree.as_deref().unwrap_or("")),

@@ -54,7 +54,7 @@ pub fn run(sources: &Sources) -> Result<Outcome> {
 }
 
 /// [`run`] with the config and policy a flow already loaded (the agent's finalize).
-pub fn run_loaded(loaded: &Loaded) -> Result<Outcome> {
+pub(crate) fn run_loaded(loaded: &Loaded) -> Result<Outcome> {
     let Loaded {
         config: cfg,
         policy,

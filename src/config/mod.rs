@@ -428,7 +428,7 @@ pub(crate) fn expand_paths(
 }
 
 impl Config {
-    pub const DEFAULT_PATHS: [&'static str; 3] = [
+    pub(crate) const DEFAULT_PATHS: [&'static str; 3] = [
         "/usr/lib/sota/conf.d",
         "/var/sota/sota.toml",
         "/etc/sota/conf.d/",

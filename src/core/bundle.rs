@@ -14,9 +14,9 @@ use crate::error::{Code, Error, Result};
 use crate::hostile_fs::{Kind, Problem, Refused, Tree};
 
 /// Largest `targets.json` we read (a factory with thousands of targets stays far below).
-pub const TARGETS_CAP: u64 = 16 << 20;
+pub(crate) const TARGETS_CAP: u64 = 16 << 20;
 /// Largest other metadata file (roots with several RSA-4096 keys are a few tens of KiB).
-pub const META_CAP: u64 = 1 << 20;
+pub(crate) const META_CAP: u64 = 1 << 20;
 /// Largest `uri` file of an app.
 const URI_CAP: u64 = 4096;
 /// Most entries [`Bundle::list_dir`] reads from one directory: `tuf/` holds a few files,
@@ -38,7 +38,7 @@ pub struct AppDir {
 }
 
 /// Is `s` usable as one path component taken from metadata or from the stick?
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s != "."
@@ -49,7 +49,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// Is `s` a lowercase sha256 hex digest?
-pub fn valid_digest(s: &str) -> bool {
+pub(crate) fn valid_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

@@ -42,7 +42,7 @@ impl Device {
     }
 
     /// The bundle type this device accepts (`None`: undefined, not checked).
-    pub fn bundle_type(&self) -> Option<&'static str> {
+    pub(crate) fn bundle_type(&self) -> Option<&'static str> {
         match self.kind {
             DeviceType::Ci => Some("ci"),
             DeviceType::Prod => Some("prod"),
@@ -81,7 +81,7 @@ fn root_files(dir: &Path) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
 /// The provisioned roots for this device type: `N.root.json` directly in
 /// `uptane_metadata_path`, or in its `ci/` / `prod/` directory. A device of undefined type
 /// imports only `ci/` roots 1 and 2, which are the same for both chains (as aktualizr-lite).
-pub fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
+pub(crate) fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
     let base = &cfg.storage.uptane_metadata_path;
     let (sub, max) = match kind {
         DeviceType::Prod => ("prod", u64::MAX),
@@ -99,7 +99,7 @@ pub fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTree
 /// roots stored by earlier updates (ours, or aktualizr-lite's in its database), each a
 /// verified rotation of the one before; a newer root of aktualizr-lite's beyond a gap is
 /// an anchor of its own (it verified the chain when it stored it), checked as self-signed.
-pub fn load_trust(
+pub(crate) fn load_trust(
     cfg: &Config,
     kind: DeviceType,
     aklite: Option<&crate::aklite::db::Facts>,

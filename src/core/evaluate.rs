@@ -44,7 +44,7 @@ pub struct Request {
 pub struct Progress(pub std::sync::Arc<ProgressFn>);
 
 /// `(what, done, total)`.
-pub type ProgressFn = dyn Fn(&str, u64, u64) + Send + Sync;
+pub(crate) type ProgressFn = dyn Fn(&str, u64, u64) + Send + Sync;
 
 impl Progress {
     pub fn report(&self, what: &str, done: u64, total: u64) {
@@ -94,7 +94,7 @@ pub struct DeviceSummary {
 }
 
 /// What `install` is to do.
-pub struct Plan {
+pub(crate) struct Plan {
     pub code: Code,
     pub target: Candidate,
     pub verified: Verified,
@@ -109,7 +109,7 @@ pub struct Plan {
 }
 
 /// Run every check; the report is filled as far as the checks got.
-pub fn evaluate(req: &Request) -> (Report, Result<Plan>) {
+pub(crate) fn evaluate(req: &Request) -> (Report, Result<Plan>) {
     let mut report = Report::default();
     let result = evaluate_into(req, &mut report);
     let code = match &result {

@@ -41,7 +41,7 @@ impl Source {
 }
 
 /// The initial target's name (aktualizr-lite's).
-pub const INITIAL: &str = "Initial Target";
+pub(crate) const INITIAL: &str = "Initial Target";
 
 /// The running target and where it is known from; `None` when nothing counts as booted
 /// and no update recorded one.
@@ -112,7 +112,7 @@ pub fn running(
 }
 
 /// The running target's name, without bundle metadata (what callbacks are told).
-pub fn running_name(cfg: &crate::config::Config, records: &Records) -> String {
+pub(crate) fn running_name(cfg: &crate::config::Config, records: &Records) -> String {
     let booted = crate::ostree::booted_commit(&cfg.pacman).ok().flatten();
     let Records { state, aklite } = records;
     let hwid = &cfg.provision.primary_ecu_hardware_id;

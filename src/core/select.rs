@@ -13,7 +13,7 @@ use crate::error::{Code, Error, Result};
 use crate::tuf::{Target, Verified};
 
 /// What the device contributes to selection.
-pub struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     pub hwid: &'a str,
     /// Target tags must meet one of these; empty: any.
     pub tags: &'a [String],
@@ -143,7 +143,7 @@ fn mismatch(t: &Target, rules: &Rules) -> Option<(Code, String)> {
 
 /// Judge every target the bundle lists, then pick one. The outer error is a failure to
 /// read the bundle; the inner one says why no target can be picked.
-pub fn select(
+pub(crate) fn select(
     v: &Verified,
     bundle: &Bundle,
     rules: &Rules,

@@ -31,7 +31,7 @@ use crate::error::{Code, Error, Result};
 use crate::policy::SignaturePolicy;
 use crate::core::tufdir::TufDir;
 
-pub const FILE: &str = "usb-update.sig";
+pub(crate) const FILE: &str = "usb-update.sig";
 /// The format this build writes and reads.
 pub const VERSION: u32 = 1;
 /// A real file is a few KiB (one line per `tuf/` file); the stick is hostile.
@@ -107,7 +107,7 @@ pub struct SignedTuf {
 /// says. A signature file that is there but fails (untrusted key, bad signature, `tuf/`
 /// changed since) is refused even when signatures are not required: it claims something
 /// that is not true. Refusals are exit 105.
-pub fn read_tuf(bundle: &Bundle, policy: &SignaturePolicy) -> Result<SignedTuf> {
+pub(crate) fn read_tuf(bundle: &Bundle, policy: &SignaturePolicy) -> Result<SignedTuf> {
     // Fault tests pull the stick here: the bundle is open, nothing of it read yet.
     crate::failpoint::pause("read-metadata");
     let names = TufDir::list(bundle)?;

@@ -17,9 +17,9 @@ use crate::tuf::MetaSource;
 
 /// Entries `tuf/` may hold: a bundle has its roots and five files; a factory rotating its
 /// root keys every week for 20 years has about 1,000 roots.
-pub const MAX_ENTRIES: usize = 4096;
+pub(crate) const MAX_ENTRIES: usize = 4096;
 /// All of `tuf/`: the largest `targets.json` and as much again for everything else.
-pub const MAX_TOTAL: u64 = TARGETS_CAP + (16 << 20);
+pub(crate) const MAX_TOTAL: u64 = TARGETS_CAP + (16 << 20);
 
 /// The regular files of `tuf/`, by name.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub struct TufDir {
 }
 
 /// The cap of one file of `tuf/`.
-pub fn cap_of(name: &str) -> u64 {
+pub(crate) fn cap_of(name: &str) -> u64 {
     if name == "targets.json" {
         TARGETS_CAP
     } else {
@@ -87,7 +87,7 @@ impl TufDir {
     }
 
     /// Read the files `names` (from [`TufDir::list`]) of `tuf/`, checked against `manifest`.
-    pub fn read_listed(
+    pub(crate) fn read_listed(
         bundle: &Bundle,
         names: Vec<String>,
         manifest: Option<&Manifest>,

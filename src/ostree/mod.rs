@@ -27,13 +27,14 @@ use crate::error::{Code, Error};
 pub use pull::pull_from_bundle;
 #[cfg(feature = "internals")]
 pub use pull::{PullProgress, PullStats};
-pub use stick_repo::{scan_bundle_commit, RootfsPlan};
+pub use stick_repo::scan_bundle_commit;
+pub(crate) use stick_repo::RootfsPlan;
 
 /// Directory of the simulated-boot files, relative to the sysroot.
 pub const SIM_DIR: &str = ".usb-update-sim";
 
 /// Boot id of a simulated device whose `boot_id` file does not exist yet.
-pub const SIM_INITIAL_BOOT_ID: &str = "sim-0";
+pub(crate) const SIM_INITIAL_BOOT_ID: &str = "sim-0";
 
 /// How long a deployment change waits for another libostree writer (`ostree admin`,
 /// a second agent) to release the sysroot lock before it gives up.
@@ -496,7 +497,7 @@ pub fn cleanup(pacman: &Pacman) -> anyhow::Result<()> {
 
 /// The `version` metadata of `commit` in the sysroot's repository (what `ostree commit
 /// --add-metadata-string=version=` sets), if the commit is there and has one.
-pub fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<String>> {
     let sysroot = open_sysroot(&pacman.sysroot)?;
     let repo = sysroot.repo();
     let found = repo
@@ -517,7 +518,7 @@ pub fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<St
 /// A small text file of `commit` in the sysroot's repository (the commit is pulled, so its
 /// content is verified), `None` when the commit has no such file. Capped: the file comes
 /// from a stick, and only a few lines are ever expected.
-pub fn commit_file(pacman: &Pacman, commit: &str, path: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn commit_file(pacman: &Pacman, commit: &str, path: &str) -> anyhow::Result<Option<String>> {
     const CAP: i64 = 64 * 1024;
     let what = || format!("{path} in commit {commit} of {}", pacman.sysroot.display());
     let sysroot = open_sysroot(&pacman.sysroot)?;

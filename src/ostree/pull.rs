@@ -40,7 +40,7 @@ use crate::hostile_fs::{io_problem, Problem, Refused};
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// The share of the sysroot's filesystem a pull leaves free (libostree's own default
 /// reserve, `min-free-space-percent`).
-pub const MARGIN_PERCENT: u64 = 3;
+pub(crate) const MARGIN_PERCENT: u64 = 3;
 /// Largest header of a content object (owner, mode, symlink target, xattrs).
 const FILE_HEADER_CAP: u64 = 1 << 20;
 
@@ -562,7 +562,7 @@ impl<R: std::io::BufRead> Read for Inflate<R> {
 /// libostree keeps the one of the current boot after a failed pull so that a retry can
 /// resume, which after a full disk is exactly the space we must give back. The lock
 /// protocol is libostree's: an exclusive fcntl lock on `<dir>-lock` next to the directory.
-pub fn remove_staging_dirs(sysroot: &Path) -> anyhow::Result<usize> {
+pub(crate) fn remove_staging_dirs(sysroot: &Path) -> anyhow::Result<usize> {
     let tmp = sysroot.join("ostree/repo/tmp");
     let entries = fs::read_dir(&tmp).with_context(|| format!("listing {}", tmp.display()))?;
     let mut removed = 0;

@@ -28,16 +28,16 @@ use crate::error::{Code, Error, Result};
 use crate::hostile_fs::{Kind, Refused};
 
 /// Largest `ostree_repo/config` read (a few hundred bytes in a real one).
-pub const CONFIG_CAP: u64 = 64 << 10;
+pub(crate) const CONFIG_CAP: u64 = 64 << 10;
 /// Largest commit object (its `ostree.sizes` index grows ~40 bytes per object).
-pub const COMMIT_CAP: u64 = 16 << 20;
+pub(crate) const COMMIT_CAP: u64 = 16 << 20;
 /// Largest dirtree object (~70 bytes per entry of one directory).
-pub const DIRTREE_CAP: u64 = 16 << 20;
+pub(crate) const DIRTREE_CAP: u64 = 16 << 20;
 /// Largest dirmeta object (owner, mode and xattrs of one directory).
-pub const DIRMETA_CAP: u64 = 1 << 20;
+pub(crate) const DIRMETA_CAP: u64 = 1 << 20;
 
 /// A SHA-256 object checksum, raw.
-pub type Csum = [u8; 32];
+pub(crate) type Csum = [u8; 32];
 
 /// The kinds of object a commit's tree is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +96,7 @@ pub fn hex(c: &Csum) -> String {
 }
 
 /// `ostree_repo/objects/<2 hex>/<62 hex>.<ext>`, relative to the bundle.
-pub fn object_rel(kind: Obj, c: &Csum) -> String {
+pub(crate) fn object_rel(kind: Obj, c: &Csum) -> String {
     let h = hex(c);
     format!("ostree_repo/objects/{}/{}.{}", &h[..2], &h[2..], kind.ext())
 }

@@ -9,7 +9,7 @@ use crate::state::{InstalledTarget, State};
 
 use super::Policy;
 
-pub struct Decide<'a> {
+pub(crate) struct Decide<'a> {
     pub policy: &'a Policy,
     pub state: &'a State,
     pub chosen: &'a Candidate,
@@ -22,7 +22,7 @@ pub struct Decide<'a> {
 }
 
 /// The policy's verdict on the selected target: the code `install` returns and why.
-pub fn decide(d: &Decide) -> Result<(Code, String)> {
+pub(crate) fn decide(d: &Decide) -> Result<(Code, String)> {
     let p = &d.policy.update;
     let c = d.chosen;
     let version = c.version.unwrap_or(0);
@@ -109,6 +109,6 @@ pub fn decide(d: &Decide) -> Result<(Code, String)> {
     ))
 }
 
-pub fn fmt_version(v: Option<u64>) -> String {
+pub(crate) fn fmt_version(v: Option<u64>) -> String {
     v.map_or_else(|| "version unknown".into(), |v| format!("version {v}"))
 }

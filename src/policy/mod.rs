@@ -11,7 +11,7 @@
 //! [`Policy::apply`].
 
 mod decide;
-pub use decide::{decide, fmt_version, Decide};
+pub(crate) use decide::{decide, fmt_version, Decide};
 
 use crate::config::expand_paths;
 use anyhow::{bail, Context};
@@ -323,7 +323,7 @@ impl Layer {
 }
 
 impl Policy {
-    pub const DEFAULT_PATHS: [&'static str; 3] = [
+    pub(crate) const DEFAULT_PATHS: [&'static str; 3] = [
         "/usr/lib/usb-update/policy.toml",
         "/etc/usb-update/policy.toml",
         "/etc/usb-update/policy.d",

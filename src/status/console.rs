@@ -13,7 +13,7 @@ use nix::fcntl::OFlag;
 /// update. Never created: a console that is not there is none (a regular file made in
 /// `/dev` would only fill memory). A missing or unwritable console is expected on many
 /// devices: debug log only.
-pub fn write_line(console: &Path, line: &str) {
+pub(crate) fn write_line(console: &Path, line: &str) {
     let written = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags((OFlag::O_NOCTTY | OFlag::O_NONBLOCK).bits())

@@ -24,14 +24,14 @@ use super::Pattern;
 
 /// What one LED does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Light {
+pub(crate) enum Light {
     Off,
     On,
     Blink { on_ms: u32, off_ms: u32 },
 }
 
 /// The LED pattern of each phase (the table above).
-pub fn light(p: Pattern) -> Light {
+pub(crate) fn light(p: Pattern) -> Light {
     match p {
         Pattern::Idle => Light::Off,
         Pattern::Working => Light::Blink {
@@ -56,7 +56,7 @@ pub fn light(p: Pattern) -> Light {
 
 /// One LED directory that existed when the agent started.
 #[derive(Debug)]
-pub struct Led {
+pub(crate) struct Led {
     dir: PathBuf,
 }
 

@@ -13,7 +13,7 @@ mod leds;
 mod report;
 mod view;
 
-pub use leds::light;
+pub(crate) use leds::light;
 pub use report::{write_report, Report};
 pub use view::{human_lines, status};
 
@@ -87,7 +87,7 @@ pub struct StatusFile {
 }
 
 impl StatusFile {
-    pub const NAME: &'static str = "status.json";
+    pub(crate) const NAME: &'static str = "status.json";
 
     pub fn path(run_dir: &Path) -> PathBuf {
         run_dir.join(Self::NAME)
@@ -96,12 +96,12 @@ impl StatusFile {
 
 /// Console lines come at most this often during a progress, unless it moved by
 /// [`PROGRESS_STEP`] percent: enough to see it move, not enough to flood a serial console.
-pub const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
-pub const PROGRESS_STEP: u8 = 10;
+pub(crate) const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PROGRESS_STEP: u8 = 10;
 /// `status.json` and `STATUS=` are rewritten at most this often during a progress.
-pub const PROGRESS_PUBLISH_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const PROGRESS_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Lines kept for the report: a bounded excerpt, so a stuck progress cannot grow memory.
-pub const MAX_LINES: usize = 2000;
+pub(crate) const MAX_LINES: usize = 2000;
 
 /// Prefix of every console line, so the agent stands out among kernel messages.
 const CONSOLE_PREFIX: &str = "usb-update: ";

@@ -43,7 +43,7 @@ const MAX_DEVICE_CHARS: usize = 64;
 /// becomes `_`), no leading dot (no hidden file, no `..`), at most 64 characters, so a
 /// hostname can neither leave the stick's root nor make a name FAT refuses. Several devices
 /// updated from one stick each leave their own report.
-pub fn report_file_stem(device: &str) -> String {
+pub(crate) fn report_file_stem(device: &str) -> String {
     let safe: String = device
         .chars()
         .map(|c| {

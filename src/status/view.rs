@@ -12,7 +12,7 @@ use crate::policy::{fmt_version, Policy};
 use crate::state::{HistoryEntry, InstalledTarget, Pending, Phase, State};
 
 /// History entries shown.
-pub const HISTORY_SHOWN: usize = 5;
+pub(crate) const HISTORY_SHOWN: usize = 5;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {

@@ -11,7 +11,8 @@ mod mount;
 mod stick;
 mod watch;
 
-pub use mount::{detach, Mount};
+pub(crate) use mount::detach;
+pub use mount::Mount;
 #[cfg(any(test, feature = "internals"))]
 pub use stick::ROOT_LIST_CAP;
 pub use stick::{find_bundle, Stick};

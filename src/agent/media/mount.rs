@@ -16,7 +16,7 @@ use crate::error::{Code, Error, OrCode, Result};
 
 use super::mkdir;
 
-pub fn mount_options(fs_type: &str) -> (MsFlags, String) {
+pub(crate) fn mount_options(fs_type: &str) -> (MsFlags, String) {
     let flags = MsFlags::MS_RDONLY
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
@@ -171,7 +171,7 @@ impl Mount {
 
 /// Detach the mount at `path` lazily and remove the directory: for a stick that stopped
 /// answering, with reads still blocked on it (the kernel lets go when they end).
-pub fn detach(path: &Path) {
+pub(crate) fn detach(path: &Path) {
     if let Err(e) = umount2(path, MntFlags::MNT_DETACH) {
         tracing::warn!("detaching {}: {e}", path.display());
     }

@@ -121,7 +121,7 @@ impl Monitor {
 impl Monitor {
     /// The devnodes whose filesystem went away (removed, or the medium taken out of a
     /// reader) since the last call.
-    pub fn take_gone(&mut self) -> Vec<PathBuf> {
+    pub(crate) fn take_gone(&mut self) -> Vec<PathBuf> {
         std::mem::take(&mut self.gone)
     }
 }
