@@ -154,6 +154,11 @@ pub enum BundleCommand {
     },
 }
 
+/// The command line's definition, for what is generated from it (man pages, completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("USB_UPDATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -56,6 +56,20 @@ def booted(g, version):
     g.wait_journal(r"system-test: probe done", 60)
 
 
+def documented(g):
+    """The package's documentation inside the guest, as the probe found it at this boot:
+    `man usb-update` reads, and each Documentation= target of the units exists."""
+    lines = g.journal.lines
+    man = [line for line in lines if "system-test: man usb-update: " in line]
+    check(man and "usb-update - " in man[-1], f"man usb-update in the guest: {man}")
+    docs = [line for line in lines if "system-test: documentation " in line]
+    check(len(docs) >= 2 and all("documentation present: " in line for line in docs),
+          f"the units' Documentation= in the guest: {docs}")
+    check(any("man:usb-update(1)" in line for line in docs), f"no man: target: {docs}")
+    say(f"  [{g.name}] {man[-1].split('system-test: ')[-1].strip()}; "
+        f"{len(docs)} Documentation= targets present")
+
+
 def stick_for(work, name, bundle, size_mb):
     stick = os.path.join(work, f"{name}-stick.img")
     make_stick(stick, os.path.join(work, bundle), size_mb)
@@ -99,6 +113,7 @@ def happy(work):
     stick = stick_for(work, "happy", "bundle", 512)
     g = boot(work, "happy-1", disk, 0)
     booted(g, 1)
+    documented(g)
     install_and_reboot(g, stick)
     entries = boot_entries(disk)
     check(len(entries) == 2, f"two deployments after the install: {entries}")

@@ -14,4 +14,5 @@ mod feedback;
 mod fuzz_replay;
 mod gen_vectors;
 mod interop;
+mod packaging;
 mod units;

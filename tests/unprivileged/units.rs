@@ -1,5 +1,8 @@
 //! The systemd units pass `systemd-analyze verify` (with ExecStart pointing at the binary
-//! under test, since /usr/bin/usb-update is not installed here) and keep the properties the
+//! under test, since /usr/bin/usb-update is not installed here, and the man pages their
+//! `Documentation=` names generated as the package does, on a MANPATH of their own; its
+//! `file://` targets are what the package installs: tests/unprivileged/packaging.rs) and
+//! keep the properties the
 //! field taught others: no BindsTo= the device, a start timeout long enough for a big
 //! install, and a boot-time unit that starts only when work is pending.
 
@@ -13,9 +16,21 @@ fn unit(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The package's man pages (generated from the CLI, as scripts/package does) under
+/// `<dir>/man1/`, for `man` through MANPATH.
+fn man_path(dir: &Path) -> PathBuf {
+    let man1 = dir.join("man").join("man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    for (name, text) in xtask::man_pages().unwrap() {
+        std::fs::write(man1.join(format!("{name}.1")), text).unwrap();
+    }
+    dir.join("man")
+}
+
 /// Copies of the units, ExecStart pointing at the built binary; instance `sda1` of the template.
 fn verify(files: &[(&str, String)]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
+    let manpath = man_path(dir.path());
     let mut paths: Vec<PathBuf> = Vec::new();
     for (name, text) in files {
         let text = text.replace("/usr/bin/usb-update", env!("CARGO_BIN_EXE_usb-update"));
@@ -24,6 +39,7 @@ fn verify(files: &[(&str, String)]) -> (i32, String) {
         paths.push(p);
     }
     let out = Command::new("systemd-analyze")
+        .env("MANPATH", manpath)
         .arg("verify")
         .args(&paths)
         .output()
@@ -88,6 +104,12 @@ fn verify_catches_a_broken_unit() {
         .replace("/usr/bin/usb-update", "/nonexistent/usb-update");
     let (code, out) = verify(&[("missing.service", missing)]);
     assert_ne!(code, 0, "{out}");
+    // A man page the package does not install is reported.
+    let undocumented = unit("usb-update-finalize.service")
+        .replace("man:usb-update(1)", "man:usb-update-nonexistent(1)");
+    let (code, out) = verify(&[("undocumented.service", undocumented)]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("usb-update-nonexistent(1)"), "{out}");
 }
 
 #[test]
