@@ -17,6 +17,7 @@
 //!   selection + policy, as a report and a plan;
 //! - [`check`]: the `check` command: that report, as lines for people;
 //! - [`install`]: the `install` command: pull and deploy, record the pending installation;
+//! - [`overlap`]: install's rootfs pull and apps at once, a failure of one cancelling the other;
 //! - [`finalize`]: the `run` command: finish (or record the rollback of) a pending install;
 //! - [`current`]: the `current` command: what the device runs now (read-only);
 //! - [`running`]: what the device runs: the booted commit is the truth;
@@ -58,6 +59,7 @@ pub mod lock;
 pub mod media;
 pub mod medium;
 pub mod ostree;
+pub mod overlap;
 pub mod phase;
 pub mod policy;
 pub mod running;

@@ -23,7 +23,7 @@ use ostree::{gio, glib};
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
-pub use pull::{pull_from_bundle, PullProgress, PullStats, MARGIN_PERCENT};
+pub use pull::{pull_beside, pull_from_bundle, PullProgress, PullStats, MARGIN_PERCENT};
 pub use stick_repo::{scan_bundle_commit, FileObj, RootfsPlan};
 
 /// Directory of the simulated-boot files, relative to the sysroot.
