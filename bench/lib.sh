@@ -149,3 +149,33 @@ bench_cleanup() {
   chattr -R -f -i "$work" 2>/dev/null || true
   rm -rf "$work"
 }
+
+# median V...: the middle value (the mean of the two middle ones for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+# The 1-minute load average.
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# quiet_or_mark WHAT: a figure counts only from a quiet machine (1-minute load <= MAX_LOAD,
+# default 1.5). Waits up to BENCH_WAIT seconds (default 120) for the load to fall; then,
+# with BENCH_STRICT=1, refuses (exit 3), else prints a NOT QUIET mark that the figures of
+# WHAT carry. Sets `quiet` to "quiet" or "NOT QUIET".
+quiet_or_mark() {
+  local max=${MAX_LOAD:-1.5} waited=0
+  while [ "$(echo "$(load1) > $max" | bc -l)" = 1 ] && [ "$waited" -lt "${BENCH_WAIT:-120}" ]; do
+    sleep 5
+    waited=$((waited + 5))
+  done
+  if [ "$(echo "$(load1) > $max" | bc -l)" = 1 ]; then
+    if [ "${BENCH_STRICT:-0}" = 1 ]; then
+      echo "refused: 1-minute load $(load1) > $max before $1 (BENCH_STRICT=1)" >&2
+      exit 3
+    fi
+    quiet="NOT QUIET"
+    echo "*** NOT QUIET: 1-minute load $(load1) > $max before $1: its figures do not count ***"
+  else
+    quiet=quiet
+  fi
+}

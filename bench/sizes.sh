@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three-size benchmark (docs/benchmarks.md): for each size, a bundle (version 2: a rootfs commit
+# The size benchmark (docs/benchmarks.md): for each size, a bundle (version 2: a rootfs commit
 # with many small files, and three apps whose images carry incompressible layers) on an
 # ext4 stick image, installed onto a fresh sandboxed device running version 1 (an OSTree
 # sysroot, a private dockerd), next to baselines on the same data, in the same run:
@@ -10,21 +10,30 @@
 #            the by-hand script, where it follows the load as our compose-up follows ours);
 #   by hand  bench/by-hand.sh: mount, verify nothing, pull, deploy, load, up;
 #   ours     `usb-update install` (100), the reboot simulated, `usb-update run` (0); the
-#            phases are our own figures (the `usb_update::phase` log events).
+#            phases are our own figures (the `usb_update::phase` log events); and the same
+#            install on a device without apps (`ostree` type), whose pull runs alone: the
+#            ratio to `ostree pull-local` (in the full install the pull runs beside the apps).
 #
-# The page cache is dropped before each step. Peak memory: GNU time's maximum RSS of the
-# step's process tree (for `run` that includes docker-compose, a Python program), and for
-# our two commands also our own process's VmHWM, sampled every 50 ms.
+# Each size is run RUNS times (default 3), the order of ours and the baselines alternating
+# from one run to the next; every figure is the median over the runs, every ratio the
+# median of the runs' ratios. The page cache is dropped before each step. The 1-minute
+# load is printed before and after each size; above MAX_LOAD (1.5) the script waits up to
+# BENCH_WAIT s (120) for it to fall, then marks the size NOT QUIET (BENCH_STRICT=1: refuses,
+# exit 3). Peak memory: GNU time's maximum RSS of the step's process tree (for `run` that
+# includes docker-compose, a Python program), and for our commands our own process's VmHWM,
+# sampled every 50 ms.
 #
-# SIZES: bundle sizes in MB (default "100 1000 3000"); half of it is the rootfs (files of
-# about 25 KB), half the apps. BENCH_DIR: scratch (default tmp-bench in the clone). Each
+# SIZES: bundle sizes in MB, each optionally with its number of rootfs files as MB:FILES
+# (default "1000 3000 1000:100000"); half of it is the rootfs (files of about 25 KB unless
+# FILES says), half the apps. BENCH_DIR: scratch (default tmp-bench in the clone). Each
 # size's data is deleted before the next. BENCH_STICKS: a directory where each size's stick
-# image and device image are kept and reused (generating 3 GB takes minutes). BENCH_LOG: our log filter (default warn; the phase
-# events are always on); BENCH_LOGS: a directory to keep our logs in. Prints one table per
-# size and the goals' verdicts.
+# image and device image are kept and reused (generating 3 GB takes minutes). BENCH_LOG:
+# our log filter (default warn; the phase events are always on); BENCH_LOGS: a directory to
+# keep our logs in. Prints one table per size and the goals' verdicts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes=${SIZES:-100 1000 3000}
+sizes=${SIZES:-1000 3000 1000:100000}
+runs=${RUNS:-3}
 mkdir -p "${BENCH_DIR:-$PWD/tmp-bench}"
 work=$(mktemp -d "${BENCH_DIR:-$PWD/tmp-bench}/sizes.XXXXXX")
 . bench/lib.sh
@@ -61,26 +70,122 @@ phases() {
 }
 
 lscpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
-echo "machine: $lscpu_model, $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(hostname), $lscpu_model, $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); load $(cut -d' ' -f1-3 /proc/loadavg); $runs runs per size"
 dockerd_start "$work/docker" usbu-bench-sizes
 
-for size in $sizes; do
+# One run of each step for size $size, run number $r (keys KEY.$r).
+run_floor() {
+  drop_caches
+  measure "floor.$r" sh -c 'find "$1" -type f -print0 | xargs -0 sha256sum >/dev/null' - "$bundle"
+}
+run_cli() {
+  sysroot "$s/cli" "$s/image/ostree_repo" "$v1"
+  drop_caches
+  measure "cli-pull.$r" ostree --repo="$s/cli/ostree/repo" pull-local --untrusted "$bundle/ostree_repo" "$v2"
+  measure "cli-deploy.$r" ostree admin deploy --sysroot="$s/cli" --os=lmp "$v2"
+  chattr -R -f -i "$s/cli" 2>/dev/null || true
+  rm -rf "$s/cli"
+  drop_caches
+  measure "cli-load.$r" sh -c 'for t in "$1"/*.tar; do docker load -q -i "$t" >/dev/null || exit 1; done' - "$s/stick/tars"
+  [ "$code" = 0 ] || { cat "$work/cli-load.$r.err" >&2; exit 1; }
+  engine_reset
+}
+run_hand() {
+  sysroot "$s/hand" "$s/image/ostree_repo" "$v1"
+  umount "$s/stick"
+  drop_caches
+  measure "hand.$r" bash bench/by-hand.sh "$s/stick.img" "$s/stick" "$s/hand" "$s/hand-apps"
+  [ "$code" = 0 ] || { cat "$work/hand.$r.err" >&2; exit 1; }
+  while read -r _ name t; do secs[hand-$name.$r]=$t; done <"$work/hand.$r.out"
+  engine_reset
+  chattr -R -f -i "$s/hand" 2>/dev/null || true
+  rm -rf "$s/hand" "$s/hand-apps"
+  mount_stick "$s/stick.img" "$s/stick" ro
+}
+# ours_device DIR TYPE: a fresh device running version 1; sets args.
+ours_device() {
+  chattr -R -f -i "$1" 2>/dev/null || true
+  rm -rf "$1"
+  sysroot "$1/sysroot" "$s/image/ostree_repo" "$v1"
+  sota_toml "$1/conf/sota.toml" "$1/sysroot" "$1/var" "$s/tuf" "$2" simulated
+  mkdir -p "$1/policy"
+  printf '[agent]\nlock_file = "%s/aklite.lock"\n[apps]\nsettle = "0s"\n' "$1" >"$1/policy/p.toml"
+  args=(-c "$1/conf" -p "$1/policy")
+}
+run_ours() {
+  export USB_UPDATE_LOG=${BENCH_LOG:-warn},usb_update::phase=info
+  # The pull alone: a device without apps.
+  ours_device "$s/alone" ostree
+  drop_caches
+  measure "alone.$r" "$bin" install "${args[@]}" --src-dir "$bundle"
+  [ "$code" = 100 ] || { echo "install (no apps) returned $code" >&2; cat "$work/alone.$r.err" >&2; exit 1; }
+  while read -r name ms; do secs[alone-$name.$r]=$(echo "$ms / 1000" | bc -l); done < <(phases "alone.$r")
+  chattr -R -f -i "$s/alone" 2>/dev/null || true
+  rm -rf "$s/alone"
+  # The whole update: install, the reboot simulated, run.
+  ours_device "$s/ours" ostree+compose_apps
+  drop_caches
+  measure "check-cold.$r" "$bin" check "${args[@]}" --src-dir "$bundle"
+  measure "check.$r" "$bin" check "${args[@]}" --src-dir "$bundle"
+  drop_caches
+  measure "install.$r" "$bin" install "${args[@]}" --src-dir "$bundle"
+  [ "$code" = 100 ] || { echo "install returned $code, expected 100" >&2; cat "$work/install.$r.out" "$work/install.$r.err" >&2; exit 1; }
+  mkdir -p "$s/ours/sysroot/.usb-update-sim"
+  echo "$v2" >"$s/ours/sysroot/.usb-update-sim/booted"
+  echo "sim-1" >"$s/ours/sysroot/.usb-update-sim/boot_id"
+  measure "run.$r" "$bin" run "${args[@]}"
+  [ "$code" = 0 ] || { echo "run returned $code, expected 0" >&2; cat "$work/run.$r.out" "$work/run.$r.err" >&2; exit 1; }
+  unset USB_UPDATE_LOG
+  while read -r name ms; do secs[$name.$r]=$(echo "$ms / 1000" | bc -l); done < <(phases "install.$r"; phases "run.$r")
+  engine_reset
+  if [ -n "${BENCH_LOGS:-}" ]; then
+    mkdir -p "$BENCH_LOGS"
+    for f in install run hand alone; do cp "$work/$f.$r.err" "$BENCH_LOGS/$size-$r-$f.log"; done
+  fi
+  chattr -R -f -i "$s/ours" 2>/dev/null || true
+  rm -rf "$s/ours"
+}
+
+# med TABLE KEY: the median over the runs of TABLE[KEY.r] (0 where a run has none).
+med() {
+  local -n t=$1
+  local vals=() i
+  for i in $(seq "$runs"); do vals+=("${t[$2.$i]:-0}"); done
+  median "${vals[@]}"
+}
+# ratio A B: the median over the runs of secs[A.r] / secs[B.r] (A, B: keys or sums a+b).
+ratio() {
+  local vals=() i
+  for i in $(seq "$runs"); do vals+=("$(echo "$(sum "$1" "$i") / $(sum "$2" "$i")" | bc -l)"); done
+  median "${vals[@]}"
+}
+sum() { # KEYS(a+b) RUN
+  local t=0 k
+  for k in ${1//+/ }; do t=$(echo "$t + ${secs[$k.$2]:-0}" | bc -l); done
+  echo "$t"
+}
+
+for spec in $sizes; do
+  size=${spec%%:*}
   s=$work/$size
   mkdir -p "$s"
   rootfs_bytes=$((size * 1000000 / 2))
   files=$((rootfs_bytes / 25000))
+  [ "$spec" = "$size" ] || files=${spec#*:}
+  label="$size MB, $files files"
   layer=$((size * 1000000 / 6))
   start=$(now)
   # The stick: an ext4 image holding the bundle and, for the baselines, the same images
   # as docker-save tarballs; with BENCH_STICKS, made once and kept there for later runs.
   keep=${BENCH_STICKS:-$s}
-  img=$keep/stick-$size.img image=$keep/image-$size
+  img=$keep/stick-$size-$files.img image=$keep/image-$size-$files
   if [ ! -e "$image/done" ]; then
     mkdir -p "$keep"
     rm -rf "$image" "$img"
     "$make_bundle" --out "$image/bundle" --version 1 --device-root-dir "$image/tuf" >/dev/null
-    truncate -s "$((size * 17 / 10 + 160))M" "$img"
-    mkfs.ext4 -q -F -L UPDATE "$img"
+    # Room for the data twice over (the tarballs), and for many small files' blocks.
+    truncate -s "$((size * 17 / 10 + 160 + files * 12 / 1000))M" "$img"
+    mkfs.ext4 -q -F -N "$((files + 20000))" -L UPDATE "$img"
     mkdir -p "$s/stick"
     mount_stick "$img" "$s/stick"
     "$make_bundle" --out "$s/stick/bundle" --version 2 --apps 3 --app-layer-bytes "$layer" \
@@ -101,122 +206,71 @@ for size in $sizes; do
   rootfs=$(find "$bundle/ostree_repo" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
   appbytes=$(find "$bundle/apps" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
   nfiles=$(find "$bundle" -type f | wc -l)
-  printf '\n== %s MB: bundle of %d bytes in %d files (rootfs %d bytes: %d files of the commit; apps %d bytes), made or found in %.0f s; load %s\n' \
-    "$size" "$total" "$nfiles" "$rootfs" "$files" "$appbytes" "$(since "$start")" "$(cut -d' ' -f1-3 /proc/loadavg)"
-
-  # The floor.
-  drop_caches
-  measure floor sh -c 'find "$1" -type f -print0 | xargs -0 sha256sum >/dev/null' - "$bundle"
-
-  # CLI: the rootfs, then the apps.
-  sysroot "$s/cli" "$s/image/ostree_repo" "$v1"
-  drop_caches
-  measure cli-pull ostree --repo="$s/cli/ostree/repo" pull-local --untrusted "$bundle/ostree_repo" "$v2"
-  measure cli-deploy ostree admin deploy --sysroot="$s/cli" --os=lmp "$v2"
-  chattr -R -f -i "$s/cli" 2>/dev/null || true
-  rm -rf "$s/cli"
-  drop_caches
-  measure cli-load sh -c 'for t in "$1"/*.tar; do docker load -q -i "$t" >/dev/null || exit 1; done' - "$s/stick/tars"
-  [ "$code" = 0 ] || { cat "$work/cli-load.err" >&2; exit 1; }
-  engine_reset
-
-  # By hand, on a fresh device.
-  sysroot "$s/hand" "$s/image/ostree_repo" "$v1"
+  printf '\n== %s: bundle of %d bytes in %d files (rootfs %d bytes: %d files of the commit; apps %d bytes), made or found in %.0f s\n' \
+    "$label" "$total" "$nfiles" "$rootfs" "$files" "$appbytes" "$(since "$start")"
+  quiet_or_mark "$label"
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  echo "load before $label: $load_before"
+  for r in $(seq "$runs"); do
+    # Alternate: the baselines first in odd runs, ours first in even ones.
+    if [ $((r % 2)) = 1 ]; then order="floor cli hand ours"; else order="ours hand cli floor"; fi
+    for step in $order; do "run_$step"; done
+    echo "run $r of $runs done, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
   umount "$s/stick"
-  drop_caches
-  measure hand bash bench/by-hand.sh "$s/stick.img" "$s/stick" "$s/hand" "$s/hand-apps"
-  [ "$code" = 0 ] || { cat "$work/hand.err" >&2; exit 1; }
-  declare -A hand_step=()
-  while read -r _ name t; do hand_step[$name]=$t; done <"$work/hand.out"
-  engine_reset
-  chattr -R -f -i "$s/hand" 2>/dev/null || true
-  rm -rf "$s/hand" "$s/hand-apps"
-  mount_stick "$s/stick.img" "$s/stick" ro
+  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-  # Ours, on a fresh device: install, the reboot simulated, run.
-  sysroot "$s/ours" "$s/image/ostree_repo" "$v1"
-  sota_toml "$s/conf/sota.toml" "$s/ours" "$s/var" "$s/tuf" ostree+compose_apps simulated
-  mkdir -p "$s/policy"
-  printf '[agent]\nlock_file = "%s/aklite.lock"\n[apps]\nsettle = "0s"\n' "$s" >"$s/policy/p.toml"
-  args=(-c "$s/conf" -p "$s/policy")
-  export USB_UPDATE_LOG=${BENCH_LOG:-warn},usb_update::phase=info
-  drop_caches
-  measure check-cold "$bin" check "${args[@]}" --src-dir "$bundle"
-  measure check "$bin" check "${args[@]}" --src-dir "$bundle"
-  drop_caches
-  measure install "$bin" install "${args[@]}" --src-dir "$bundle"
-  [ "$code" = 100 ] || { echo "install returned $code, expected 100" >&2; cat "$work/install.out" "$work/install.err" >&2; exit 1; }
-  mkdir -p "$s/ours/.usb-update-sim"
-  echo "$v2" >"$s/ours/.usb-update-sim/booted"
-  echo "sim-1" >"$s/ours/.usb-update-sim/boot_id"
-  measure run "$bin" run "${args[@]}"
-  [ "$code" = 0 ] || { echo "run returned $code, expected 0" >&2; cat "$work/run.out" "$work/run.err" >&2; exit 1; }
-  unset USB_UPDATE_LOG
-  declare -A ph=()
-  while read -r name ms; do ph[$name]=$(echo "$ms / 1000" | bc -l); done < <(phases install; phases run)
-  engine_reset
-  umount "$s/stick"
-  if [ -n "${BENCH_LOGS:-}" ]; then
-    mkdir -p "$BENCH_LOGS"
-    for f in install run hand; do cp "$work/$f.err" "$BENCH_LOGS/$size-$f.log"; done
-  fi
-
-  # The table.
-  fl=${secs[floor]}
+  # The table: medians over the runs.
+  fl=$(med secs floor)
   mb() { echo "$1 / 1024" | bc -l; }
-  row() { # label seconds bytes baseline-seconds peak-kB whose
+  row() { # label seconds bytes x-CLI peak-kB whose
     local rate=- xb=-
     [ "$3" = - ] || rate=$(printf '%.0f' "$(echo "$3 / $2 / 1000000" | bc -l)")
-    [ "$4" = - ] || xb=$(printf '%.2f' "$(echo "$2 / $4" | bc -l)")
+    [ "$4" = - ] || xb=$(printf '%.2f' "$4")
     local mem=-
     [ "$5" = - ] || mem=$(printf '%.1f %s' "$(mb "$5")" "$6")
-    printf '| %-44s | %8.2f | %5s | %7.2f | %6s | %s |\n' "$1" "$2" "$rate" "$(echo "$2 / $fl" | bc -l)" "$xb" "$mem"
+    printf '| %-48s | %8.2f | %5s | %7.2f | %6s | %s |\n' "$1" "$2" "$rate" "$(echo "$2 / $fl" | bc -l)" "$xb" "$mem"
   }
-  hsum() { local t=0 k; for k in "$@"; do t=$(echo "$t + ${hand_step[$k]:-0}" | bc -l); done; echo "$t"; }
-  cli_apps=$(echo "${secs[cli-load]} + ${hand_step[up]}" | bc -l)
-  install_phases=$(echo "${ph[verify]:-0} + ${ph[blob-copy]:-0} + ${ph[image-load]:-0} + ${ph[pull]:-0} + ${ph[deploy]:-0}" | bc -l)
-  run_phases=$(echo "${ph[compose-up]:-0} + ${ph[finalize]:-0}" | bc -l)
-  ours_total=$(echo "${secs[install]} + ${secs[run]}" | bc -l)
-  copy_load=$(echo "${ph[blob-copy]} + ${ph[image-load]}" | bc -l)
   echo
-  printf '| %-44s | %8s | %5s | %7s | %6s | %s |\n' step seconds "MB/s" "x floor" "x CLI" "peak RSS, MB (whose)"
+  echo "### $label: medians of $runs runs; load $load_before before, $load_after after ($quiet)"
+  echo
+  printf '| %-48s | %8s | %5s | %7s | %6s | %s |\n' step seconds "MB/s" "x floor" "x CLI" "peak RSS, MB (whose)"
   echo "|---|---:|---:|---:|---:|---|"
-  row "floor: sha256sum of the bundle" "$fl" "$total" - "${tree[floor]}" "sha256sum"
-  row "CLI: ostree pull-local --untrusted" "${secs[cli-pull]}" "$rootfs" - "${tree[cli-pull]}" "ostree"
-  row "CLI: ostree admin deploy" "${secs[cli-deploy]}" - - "${tree[cli-deploy]}" "ostree"
-  row "CLI: docker load (3 tarballs)" "${secs[cli-load]}" "$appbytes" - "${tree[cli-load]}" "docker client"
-  row "CLI: docker-compose up -d, until healthy" "${hand_step[up]}" - - - ""
-  row "by hand: mount, pull, deploy, load, up" "${secs[hand]}" "$total" - "${tree[hand]}" "largest command"
-  row "ours: check (cold cache)" "${secs[check-cold]}" - - "${own[check-cold]}" "usb-update"
-  row "ours: check (warm)" "${secs[check]}" - - "${own[check]}" "usb-update"
-  row "ours: verify (TUF, apps' manifests)" "${ph[verify]}" - - - ""
-  row "ours: blob-copy (hashed, fsynced)" "${ph[blob-copy]}" "$appbytes" - - ""
-  row "ours: image-load" "${ph[image-load]}" - "${secs[cli-load]}" - ""
-  row "ours: blob-copy + image-load" "$copy_load" "$appbytes" "${secs[cli-load]}" - ""
-  row "ours: pull" "${ph[pull]}" "$rootfs" "${secs[cli-pull]}" - ""
-  row "ours: deploy" "${ph[deploy]}" - "${secs[cli-deploy]}" - ""
-  row "ours: install, other (lock, state, records)" "$(echo "${secs[install]} - $install_phases" | bc -l)" - - - ""
-  row "ours: install" "${secs[install]}" "$total" - "${own[install]}" "usb-update"
-  row "ours: compose-up (until healthy)" "${ph[compose-up]}" - "${hand_step[up]}" - ""
-  row "ours: finalize (cleanup, prune)" "${ph[finalize]}" - - - ""
-  row "ours: run" "${secs[run]}" - - "${own[run]}" "usb-update; $(printf '%.1f' "$(mb "${tree[run]}")") with docker-compose"
-  row "ours: install + run (end to end)" "$ours_total" "$total" "${secs[hand]}" - ""
+  row "floor: sha256sum of the bundle" "$fl" "$total" - "$(med tree floor)" "sha256sum"
+  row "CLI: ostree pull-local --untrusted" "$(med secs cli-pull)" "$rootfs" - "$(med tree cli-pull)" "ostree"
+  row "CLI: ostree admin deploy" "$(med secs cli-deploy)" - - "$(med tree cli-deploy)" "ostree"
+  row "CLI: docker load (3 tarballs)" "$(med secs cli-load)" "$appbytes" - "$(med tree cli-load)" "docker client"
+  row "CLI: docker-compose up -d, until healthy" "$(med secs hand-up)" - - - ""
+  row "by hand: mount, pull, deploy, load, up" "$(med secs hand)" "$total" - "$(med tree hand)" "largest command"
+  row "ours: check (cold cache)" "$(med secs check-cold)" - - "$(med own check-cold)" "usb-update"
+  row "ours: check (warm)" "$(med secs check)" - - "$(med own check)" "usb-update"
+  row "ours, no apps: pull alone" "$(med secs alone-pull)" "$rootfs" "$(ratio alone-pull cli-pull)" - ""
+  row "ours, no apps: install" "$(med secs alone)" "$rootfs" "$(ratio alone cli-pull+cli-deploy)" "$(med own alone)" "usb-update"
+  row "ours: verify (TUF, apps' manifests)" "$(med secs verify)" - - - ""
+  row "ours: blob-copy (beside the pull)" "$(med secs blob-copy)" "$appbytes" - - ""
+  row "ours: image-load (beside the pull)" "$(med secs image-load)" - - - ""
+  row "ours: blob-copy + image-load (beside the pull)" "$(echo "$(med secs blob-copy) + $(med secs image-load)" | bc -l)" "$appbytes" - - ""
+  row "ours: pull (beside the apps)" "$(med secs pull)" "$rootfs" "$(ratio pull cli-pull)" - ""
+  row "ours: deploy" "$(med secs deploy)" - "$(ratio deploy cli-deploy)" - ""
+  row "ours: install" "$(med secs install)" "$total" - "$(med own install)" "usb-update"
+  row "ours: compose-up (until healthy)" "$(med secs compose-up)" - "$(ratio compose-up hand-up)" - ""
+  row "ours: run" "$(med secs run)" - - "$(med own run)" "usb-update; $(printf '%.1f' "$(mb "$(med tree run)")") with docker-compose"
+  row "ours: install + run (end to end)" "$(echo "$(med secs install) + $(med secs run)" | bc -l)" "$total" "$(ratio install+run hand)" - ""
   echo
-  e2e=$(echo "$ours_total / $fl" | bc -l)
-  printf 'goal end to end <= 1.5x floor: %s (%.2f; by hand %.2f)\n' "$(verdict "$e2e <= 1.5")" "$e2e" "$(echo "${secs[hand]} / $fl" | bc -l)"
-  for pair in "pull:${ph[pull]}:${secs[cli-pull]}" "deploy:${ph[deploy]}:${secs[cli-deploy]}" \
-    "blob-copy + image-load:$copy_load:${secs[cli-load]}" "compose-up:${ph[compose-up]}:${hand_step[up]}"; do
-    IFS=: read -r name a b <<<"$pair"
-    x=$(echo "$a / $b" | bc -l)
-    printf 'goal %s <= 1.1x CLI: %s (%.2f: %.2f s vs %.2f s)\n' "$name" "$(verdict "$x <= 1.1")" "$x" "$a" "$b"
-  done
-  for key in install run; do
-    printf 'goal peak memory of %s < 40 MB: %s (%.1f MB)\n' "$key" "$(verdict "$(mb "${own[$key]}") < 40")" "$(mb "${own[$key]}")"
-  done
-  printf 'goal check < 100 ms: %s (%.0f ms warm, %.0f ms cold)\n' "$(verdict "${secs[check]} < 0.1")" \
-    "$(echo "${secs[check]} * 1000" | bc -l)" "$(echo "${secs[check-cold]} * 1000" | bc -l)"
-  echo "load after this size: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "$size ${own[install]} ${own[run]}" >>"$work/memory"
+  x=$(ratio install floor)
+  printf 'goal install <= 1.0x floor: %s (%.2f)\n' "$(verdict "$x <= 1.0")" "$x"
+  x=$(ratio install+run hand)
+  printf 'goal end to end <= 0.75x by hand: %s (%.2f)\n' "$(verdict "$x <= 0.75")" "$x"
+  x=$(ratio alone-pull cli-pull)
+  printf 'goal pull (alone) <= 1.0x ostree pull-local: %s (%.2f)\n' "$(verdict "$x <= 1.0")" "$x"
+  x=$(ratio blob-copy+image-load cli-load)
+  printf 'goal blob-copy + image-load (beside the pull) <= 1.0x docker load: %s (%.2f)\n' "$(verdict "$x <= 1.0")" "$x"
+  x=$(mb "$(med own install)")
+  printf 'goal peak memory of install <= 40 MB: %s (%.1f MB; ostree pull-local %.1f MB)\n' "$(verdict "$x <= 40")" "$x" "$(mb "$(med tree cli-pull)")"
+  printf 'goal check < 100 ms: %s (%.0f ms warm, %.0f ms cold)\n' "$(verdict "$(med secs check) < 0.1")" \
+    "$(echo "$(med secs check) * 1000" | bc -l)" "$(echo "$(med secs check-cold) * 1000" | bc -l)"
+  echo "load after $label: $load_after"
+  echo "$files $(med own install) $(med own alone) $(med tree cli-pull) $(med own run)" >>"$work/memory"
 
   chattr -R -f -i "$s" 2>/dev/null || true
   rm -rf "$s"
@@ -224,6 +278,10 @@ done
 
 if [ "$(wc -l <"$work/memory")" -gt 1 ]; then
   echo
-  awk '{printf "peak memory at %s MB: install %.1f MB, run %.1f MB\n", $1, $2/1024, $3/1024}' "$work/memory"
-  awk 'NR == 1 {a = $2; b = $3} {la = $2; lb = $3} END {printf "growth from the smallest to the largest size: install %+.1f MB, run %+.1f MB (flat: within 2 MB)\n", (la - a)/1024, (lb - b)/1024}' "$work/memory"
+  echo "| rootfs files | install, MB | install without apps, MB | ostree pull-local, MB | run, MB |"
+  echo "|---:|---:|---:|---:|---:|"
+  sort -n "$work/memory" | awk '{printf "| %d | %.1f | %.1f | %.1f | %.1f |\n", $1, $2/1024, $3/1024, $4/1024, $5/1024}'
+  sort -n "$work/memory" | awk 'NR == 1 {f = $1; a = $2; b = $3; c = $4} {lf = $1; la = $2; lb = $3; lc = $4}
+    END {printf "growth from %d to %d files: install %+.1f MB, install without apps %+.1f MB, ostree pull-local %+.1f MB (goal: install grows <= ostree + 5 MB: %s)\n",
+      f, lf, (la - a)/1024, (lb - b)/1024, (lc - c)/1024, ((la - a) <= (lc - c) + 5120) ? "met" : "missed"}'
 fi

@@ -210,11 +210,6 @@ fn aklite_offline_cli() -> Cli {
     }
 }
 
-/// The CLI definition, as man pages and shell completions are generated from it.
-pub fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
-}
-
 /// The `usb-update` binary (and `aklite-offline`, by the name it is called with).
 pub fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();

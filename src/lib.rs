@@ -39,7 +39,8 @@
 //! - `hostile_fs` (the one way files on the stick are opened), `durable` (files of ours
 //!   replaced whole, surviving a power cut), `lock` (one updater at a time, shared with
 //!   aktualizr-lite), `watchdog` (an update that makes no progress is ended), `phase` (one
-//!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature);
+//!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature),
+//!   `overlap` (install's rootfs pull and apps at once, a failure of one cancelling the other);
 //! - [`error`]: the error type and the exit-code table.
 
 /// Internal modules: crate-private in a device build, public to the workspace's tests with
@@ -69,6 +70,7 @@ internal! {
     hostile_fs;
     lock;
     ostree;
+    overlap;
     phase;
     policy;
     state;

@@ -34,12 +34,7 @@ pub fn assets(out: &Path) -> Result<()> {
         (Shell::Fish, "usb-update.fish"),
     ] {
         let mut text = Vec::new();
-        clap_complete::generate(
-            shell,
-            &mut usb_update::cli::command(),
-            "usb-update",
-            &mut text,
-        );
+        clap_complete::generate(shell, &mut usb_update::command(), "usb-update", &mut text);
         let path = completions.join(file);
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -56,7 +51,7 @@ pub fn assets(out: &Path) -> Result<()> {
 /// for `usb-update agent handle`.
 pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>> {
     // `help` is a command of the CLI, not a page: none is listed that does not exist.
-    let mut cmd = usb_update::cli::command().disable_help_subcommand(true);
+    let mut cmd = usb_update::command().disable_help_subcommand(true);
     cmd.build();
     let mut pages = Vec::new();
     add_pages(&cmd, "usb-update", "usb-update", &mut pages)?;
