@@ -2,6 +2,7 @@
 //!
 //! Module map (find a behaviour from its name):
 //! - [`cli`]: the command line (`usb-update ...`, and `aklite-offline ...` by argv[0]);
+//! - [`clock`]: the device's clock (simulated under `simulation`) and its image's build date;
 //! - [`error`]: the error type and the exit-code table;
 //! - [`config`]: aktualizr-lite compatible configuration (`sota.toml`, `conf.d`);
 //! - [`context`]: where a command's config and policy come from, loaded once;
@@ -30,6 +31,7 @@
 //! - [`media`]: USB sticks: udev properties, which to take, read-only mounts, the bundle on them;
 //! - [`medium`]: one flow for every medium (ours to mount or another program's), `agent watch`;
 //! - [`status`]: what the operator sees: LEDs, console, status.json, sd_notify, the report;
+//! - [`site_report`]: the `report` command: the agent's reports on a stick, read back;
 //! - [`signature`]: the operator's signature over a bundle (`usb-update bundle sign`);
 //! - [`lock`]: one updater at a time (the flock shared with aktualizr-lite);
 //! - [`watchdog`]: an update that makes no progress is ended, not left hanging;
@@ -43,6 +45,7 @@ pub mod bootloader;
 pub mod bundle;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod current;
@@ -63,6 +66,7 @@ pub mod policy;
 pub mod running;
 pub mod select;
 pub mod signature;
+pub mod site_report;
 pub mod state;
 pub mod status;
 pub mod tufdir;

@@ -96,6 +96,14 @@ impl View {
             .filter(|h| !h.is_empty())
     }
 
+    /// The primary ECU's serial as aktualizr-lite stored it (it wins over the config).
+    pub fn serial(&self) -> Option<&str> {
+        self.facts()
+            .and_then(|f| f.ecu.as_ref())
+            .map(|(s, _)| s.as_str())
+            .filter(|s| !s.is_empty())
+    }
+
     /// aktualizr-lite's own installation waiting for its reboot, if any.
     pub fn pending(&self) -> Option<InstalledTarget> {
         self.facts().and_then(|f| f.pending()).map(db::Row::target)

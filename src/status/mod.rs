@@ -14,7 +14,7 @@ mod report;
 mod view;
 
 pub use leds::{light, Light};
-pub use report::{report_file_stem, write_report, Report};
+pub use report::{digest_matches, report_file_stem, write_report, Report};
 pub use view::{human_lines, status, StatusView};
 
 use std::collections::VecDeque;

@@ -7,6 +7,7 @@
 mod common;
 
 mod check_attacks;
+mod check_clock;
 mod check_policy;
 mod check_reference;
 mod current;
@@ -14,4 +15,5 @@ mod feedback;
 mod fuzz_replay;
 mod gen_vectors;
 mod interop;
+mod report_read;
 mod units;
