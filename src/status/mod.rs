@@ -296,8 +296,9 @@ fn one_line(msg: &str) -> String {
     s.trim().to_owned()
 }
 
+/// The device's clock (the report's times and the log lines agree with it).
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    crate::clock::now_utc()
 }
 
 #[cfg(test)]

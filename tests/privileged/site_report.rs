@@ -75,6 +75,9 @@ fn two_devices_of_one_hostname_leave_two_reports() {
         assert_eq!(report["serial"], serial);
         assert_eq!(report["hardware_id"], HWID);
         assert_eq!(report["exit_code"], code);
+        // The booted commit is the generator's, made at its fixed commit time.
+        assert_eq!(report["image_built"], "2023-11-14T22:13:20Z");
+        assert!(report["digest"].as_str().unwrap().starts_with("sha256:"));
         let line = table
             .stdout
             .lines()

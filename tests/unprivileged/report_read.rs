@@ -57,13 +57,19 @@ fn stick() -> tempfile::TempDir {
 #[track_caller]
 fn run(dir: &Path, args: &[&str]) -> Run {
     let before = fingerprint(dir);
+    let r = report_of(dir, args);
+    assert_eq!(fingerprint(dir), before, "the stick changed");
+    r
+}
+
+/// `usb-update report [args] PATH`.
+fn report_of(path: &Path, args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
         .arg("report")
         .args(args)
-        .arg(dir)
+        .arg(path)
         .output()
         .unwrap();
-    assert_eq!(fingerprint(dir), before, "the stick changed");
     Run::from(out)
 }
 
@@ -242,31 +248,33 @@ fn bad_directories_have_their_codes() {
         )
     );
     let missing = t.path().join("nope");
-    let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .arg("report")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    let r = Run::from(out);
-    assert_eq!(r.code, 14);
+    let r = report_of(&missing, &[]);
+    assert_eq!((r.code, r.stdout.as_str()), (14, ""));
     assert_eq!(
         r.stderr.trim_end(),
         format!("error: {}: no such directory", missing.display())
     );
     let file = t.path().join("file");
     std::fs::write(&file, "").unwrap();
-    let r = run(t.path(), &[]);
-    assert_eq!(r.code, 14);
-    let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-        .arg("report")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let r = Run::from(out);
-    assert_eq!(r.code, 14);
+    let r = report_of(&file, &[]);
+    assert_eq!((r.code, r.stdout.as_str()), (14, ""));
     assert_eq!(
         r.stderr.trim_end(),
         format!("error: {}: a regular file, not a directory", file.display())
+    );
+    // More entries than a stick's root has: not listed to the end, 50.
+    let many = stick();
+    for i in 0..4096 {
+        std::fs::write(many.path().join(format!("f{i}")), "").unwrap();
+    }
+    let r = run(many.path(), &[]);
+    assert_eq!((r.code, r.stdout.as_str()), (50, ""));
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: {}: more than 4096 entries: not a stick's root",
+            many.path().display()
+        )
     );
 }
 
