@@ -109,6 +109,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// After a site visit: the report each device's agent wrote on the stick, as a table.
+    Report {
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The stick's root (where the agent writes usb-update-report-*.json).
+        dir: PathBuf,
+    },
     /// The automatic flow (udev rule, systemd units, or `watch` without systemd).
     Agent {
         #[command(subcommand)]
@@ -232,6 +240,7 @@ pub fn main() -> ExitCode {
         Command::Run { sources, json } => run_run(&sources, json),
         Command::Current { sources, json } => run_current(&sources, json, aklite),
         Command::Status { sources, json } => run_status(&sources, json),
+        Command::Report { json, dir } => run_report(&dir, json),
         Command::Agent { command } => run_agent(command),
         Command::Bundle {
             command: BundleCommand::Sign { key, dir },
@@ -320,6 +329,28 @@ fn run_agent(command: AgentCommand) -> u8 {
             e.code().as_u8()
         }
     }
+}
+
+fn run_report(dir: &std::path::Path, json: bool) -> u8 {
+    let rows = match crate::commands::report::read(dir) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: {}", e.one_line());
+            return e.code().as_u8();
+        }
+    };
+    let text = if json {
+        serde_json::to_string(&rows)
+            .map(|s| s + "\n")
+            .unwrap_or_default()
+    } else {
+        crate::commands::report::human_lines(&rows, &crate::clock::now_utc())
+            .into_iter()
+            .map(|l| l + "\n")
+            .collect()
+    };
+    print_out(&text);
+    crate::commands::report::code(&rows).as_u8()
 }
 
 fn run_current(sources: &Sources, json: bool, aklite: bool) -> u8 {

@@ -41,6 +41,7 @@
 //!   aktualizr-lite), `watchdog` (an update that makes no progress is ended), `phase` (one
 //!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature),
 //!   `overlap` (install's rootfs pull and apps at once, a failure of one cancelling the other);
+//! - `clock`: the device's clock (simulated under `simulation`) and its image's build date;
 //! - [`error`]: the error type and the exit-code table.
 
 /// Internal modules: crate-private in a device build, public to the workspace's tests with
@@ -62,6 +63,7 @@ internal! {
     apps;
     bootloader;
     cli;
+    clock;
     commands;
     config;
     core;

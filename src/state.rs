@@ -155,7 +155,7 @@ impl State {
 
     pub fn record(&mut self, command: &str, target: &str, code: u8, message: &str) {
         self.history.push(HistoryEntry {
-            at: crate::tuf::now_utc(),
+            at: crate::clock::now_utc(),
             command: command.into(),
             target: target.into(),
             code,

@@ -96,10 +96,16 @@ pub(crate) fn handle_medium(sources: &Sources, medium: &Medium) -> Result<Code> 
         Medium::Mounted(root) => Held::Theirs(root.clone()),
     };
     crate::failpoint::hit("agent-mounted");
+    let (serial, hwid) =
+        crate::core::device::Device::identity(&ctx.cfg, &crate::aklite::View::load(&ctx.cfg));
+    let booted = crate::ostree::booted_commit(&ctx.cfg.pacman).ok().flatten();
     let mut report = Report {
         device: device_id(),
+        serial,
+        hardware_id: Some(hwid),
+        image_built: crate::clock::build_date(&ctx.cfg.pacman, booted.as_deref()),
         stick: stick.uuid.clone(),
-        started_at: crate::tuf::now_utc(),
+        started_at: crate::clock::now_utc(),
         ..Report::default()
     };
     let started = Instant::now();
@@ -332,7 +338,7 @@ fn finish(
     mut report: Report,
     outcome: Result<Outcome>,
 ) -> Result<Code> {
-    report.finished_at = crate::tuf::now_utc();
+    report.finished_at = crate::clock::now_utc();
     let (code, then) = match &outcome {
         Ok(o) => {
             report.exit_code = o.code.as_u8();

@@ -94,6 +94,14 @@ impl View {
             .filter(|h| !h.is_empty())
     }
 
+    /// The primary ECU's serial as aktualizr-lite stored it (it wins over the config).
+    pub fn serial(&self) -> Option<&str> {
+        self.facts()
+            .and_then(|f| f.ecu.as_ref())
+            .map(|(s, _)| s.as_str())
+            .filter(|s| !s.is_empty())
+    }
+
     /// What aktualizr-lite would say runs on `booted`, from the database or the import file.
     pub fn current(&self, booted: &str) -> Option<InstalledTarget> {
         match &self.store {

@@ -21,6 +21,12 @@ pub fn human_lines(r: &Report, src: &Path) -> Vec<String> {
             d.booted_commit.as_deref().unwrap_or("unknown")
         ));
     }
+    let built = r.device.as_ref().and_then(|d| d.built.as_deref());
+    out.push(format!(
+        "device time: {} (image built {})",
+        r.device_time,
+        built.unwrap_or("unknown")
+    ));
     for s in &r.roots {
         out.push(format!(
             "root: v{} expires {} ({})",

@@ -380,7 +380,7 @@ fn apps_failed(ctx: &Ctx, state: &mut State, pending: &Pending, failure: &str) -
         previous: None,
         rollback_deployment: None,
         needs_reboot: true,
-        installed_at: crate::tuf::now_utc(),
+        installed_at: crate::clock::now_utc(),
         failed_target: Some(target.clone()),
         boot_attempts: 0,
         counted_boot: None,

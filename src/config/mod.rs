@@ -32,6 +32,9 @@ pub struct Config {
 pub struct Provision {
     /// Empty in the files means the hostname, as aktualizr-lite does on first run.
     pub primary_ecu_hardware_id: String,
+    /// `[provision] primary_ecu_serial`, if set (aktualizr-lite generates one at its first
+    /// start otherwise and keeps it in its database).
+    pub primary_ecu_serial: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +116,7 @@ enum Kind {
 /// The keys we read; everything else in the files belongs to aktualizr-lite and is ignored.
 const KEYS: &[(&str, &str, Kind)] = &[
     ("provision", "primary_ecu_hardware_id", Kind::Str),
+    ("provision", "primary_ecu_serial", Kind::Str),
     ("pacman", "type", Kind::Str),
     ("pacman", "sysroot", Kind::Str),
     ("pacman", "os", Kind::Str),
@@ -237,6 +241,10 @@ impl Merged {
         Ok(Config {
             provision: Provision {
                 primary_ecu_hardware_id: hwid,
+                primary_ecu_serial: self
+                    .str("provision", "primary_ecu_serial")
+                    .map(|(s, _)| s.to_owned())
+                    .filter(|s| !s.is_empty()),
             },
             pacman: Pacman {
                 kind,

@@ -41,6 +41,20 @@ impl Device {
         })
     }
 
+    /// Serial and hardware id without the trust (which may be what failed): what tells two
+    /// devices of the same hostname apart in the report on the stick. aktualizr-lite's
+    /// database wins over the config, as in [`Device::load`].
+    pub fn identity(cfg: &Config, aklite: &crate::aklite::View) -> (Option<String>, String) {
+        let serial = aklite
+            .serial()
+            .map(str::to_owned)
+            .or_else(|| cfg.provision.primary_ecu_serial.clone());
+        let hwid = aklite
+            .hardware_id()
+            .unwrap_or(&cfg.provision.primary_ecu_hardware_id);
+        (serial, hwid.to_string())
+    }
+
     /// The bundle type this device accepts (`None`: undefined, not checked).
     pub(crate) fn bundle_type(&self) -> Option<&'static str> {
         match self.kind {

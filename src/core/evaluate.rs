@@ -62,6 +62,8 @@ impl std::fmt::Debug for Progress {
 pub struct Report {
     pub exit_code: u8,
     pub error: Option<String>,
+    /// The device's clock when it judged the bundle (expiry dates are compared with it).
+    pub device_time: String,
     pub device: Option<DeviceSummary>,
     /// The device's root chain, then the roots the bundle adds.
     pub roots: Vec<RootStep>,
@@ -90,6 +92,9 @@ pub struct DeviceSummary {
     pub kind: crate::config::DeviceType,
     pub package_manager: PackageManager,
     pub booted_commit: Option<String>,
+    /// When the running image was built (the booted commit's timestamp), if known: a clock
+    /// before it is wrong.
+    pub built: Option<String>,
     pub trusted_root_version: u64,
 }
 
@@ -110,7 +115,10 @@ pub(crate) struct Plan {
 
 /// Run every check; the report is filled as far as the checks got.
 pub(crate) fn evaluate(req: &Request) -> (Report, Result<Plan>) {
-    let mut report = Report::default();
+    let mut report = Report {
+        device_time: crate::clock::now_utc(),
+        ..Report::default()
+    };
     let result = evaluate_into(req, &mut report);
     let code = match &result {
         Ok(plan) => plan.code,
@@ -136,12 +144,19 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     report.notes.extend(aklite.warning.clone());
     let device = Device::load(&config, &aklite)?;
     let booted = crate::ostree::booted_commit(&config.pacman)?;
+    let built = crate::clock::build_date(&config.pacman, booted.as_deref());
+    let clock = tuf::Clock {
+        now: &report.device_time,
+        built: built.as_deref(),
+    };
+    report.notes.extend(clock.warning());
     report.device = Some(DeviceSummary {
         hardware_id: device.hwid.clone(),
         tags: device.tags.clone(),
         kind: device.kind,
         package_manager: config.pacman.kind,
         booted_commit: booted.clone(),
+        built: built.clone(),
         trusted_root_version: device.trust.root.version,
     });
     report.roots = device.trust.chain.clone();
@@ -164,7 +179,7 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
         allowed_tags: &allowed_tags,
         require_index: policy.update.require_bundle_targets,
     };
-    let verified = tuf::verify_bundle(&device.trust, &metadata.tuf, &rules, &tuf::now_utc())?;
+    let verified = tuf::verify_bundle(&device.trust, &metadata.tuf, &rules, clock)?;
     report.roots = verified.roots.clone();
     report.timestamp = Some(verified.timestamp.clone());
     report.snapshot = Some(verified.snapshot.clone());

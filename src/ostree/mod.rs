@@ -497,7 +497,23 @@ pub fn cleanup(pacman: &Pacman) -> anyhow::Result<()> {
 
 /// The `version` metadata of `commit` in the sysroot's repository (what `ostree commit
 /// --add-metadata-string=version=` sets), if the commit is there and has one.
-pub(crate) fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<String>> {
+pub fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<String>> {
+    let Some(v) = load_commit(pacman, commit)? else {
+        return Ok(None);
+    };
+    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
+    Ok(meta
+        .lookup_value("version", Some(glib::VariantTy::STRING))
+        .and_then(|s| s.str().map(str::to_string)))
+}
+
+/// The timestamp of `commit` (seconds since the epoch, as `ostree commit` stored it), if
+/// the commit is in the sysroot's repository.
+pub fn commit_timestamp(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<u64>> {
+    Ok(load_commit(pacman, commit)?.map(|v| ostree::commit_get_timestamp(&v)))
+}
+
+fn load_commit(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<glib::Variant>> {
     let sysroot = open_sysroot(&pacman.sysroot)?;
     let repo = sysroot.repo();
     let found = repo
@@ -509,10 +525,7 @@ pub(crate) fn commit_version(pacman: &Pacman, commit: &str) -> anyhow::Result<Op
     let v = repo
         .load_variant(ostree::ObjectType::Commit, commit)
         .with_context(|| format!("reading commit {commit} in {}", pacman.sysroot.display()))?;
-    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
-    Ok(meta
-        .lookup_value("version", Some(glib::VariantTy::STRING))
-        .and_then(|s| s.str().map(str::to_string)))
+    Ok(Some(v))
 }
 
 /// A small text file of `commit` in the sysroot's repository (the commit is pulled, so its

@@ -14,7 +14,7 @@ mod report;
 mod view;
 
 pub(crate) use leds::light;
-pub use report::{write_report, Report};
+pub use report::{digest_matches, report_file_stem, write_report, Report};
 pub use view::{human_lines, status};
 
 use std::collections::VecDeque;
@@ -297,8 +297,9 @@ fn one_line(msg: &str) -> String {
     s.trim().to_owned()
 }
 
+/// The device's clock (the report's times and the log lines agree with it).
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    crate::clock::now_utc()
 }
 
 #[cfg(test)]

@@ -72,14 +72,19 @@ impl Stick {
 
     /// Read a file from the stick through a read-only mount of its own.
     pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+        self.mounted(|root| std::fs::read(root.join(name)).ok())
+    }
+
+    /// `f` on the stick's root, mounted read-only for it.
+    pub fn mounted<T>(&self, f: impl FnOnce(&Path) -> T) -> T {
         let mnt = tempfile::tempdir().expect("tempdir");
         run(Command::new("mount")
             .args(["-o", "ro"])
             .arg(&self.devnode)
             .arg(mnt.path()));
-        let bytes = std::fs::read(mnt.path().join(name)).ok();
+        let out = f(mnt.path());
         run(Command::new("umount").arg(mnt.path()));
-        bytes
+        out
     }
 
     pub fn devnode(&self) -> &str {

@@ -26,3 +26,4 @@ mod install_run;
 mod media;
 mod ostree_sysroot;
 mod phases;
+mod site_report;

@@ -7,6 +7,7 @@
 mod common;
 
 mod check_attacks;
+mod check_clock;
 mod check_policy;
 mod check_reference;
 mod current;
@@ -15,4 +16,5 @@ mod fuzz_replay;
 mod gen_vectors;
 mod interop;
 mod packaging;
+mod report_read;
 mod units;

@@ -7,6 +7,7 @@
 //! make bundles, never to a device.
 
 pub mod canonical;
+pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod meta;
 pub mod strict;
 pub mod verify;
 
+pub use clock::Clock;
 pub use error::{Error, Kind, Result};
 pub use meta::{now_utc, BundleIndex, Envelope, Root, Target};
 pub use verify::{verify_bundle, BundleRules, MetaSource, Trust, Verified};

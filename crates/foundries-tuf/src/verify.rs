@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::clock::{self, Clock};
 use super::keys::PublicKey;
 use super::meta::{self, BundleIndex, Envelope, Root, Target};
 use crate::error::{Error, Result};
@@ -187,15 +188,6 @@ pub fn anchor(env: &Envelope, file: &str) -> Result<Root> {
     Ok(root)
 }
 
-fn expiry_check(role: &str, file: &str, expires: &str, now: &str) -> Result<()> {
-    if expires < now {
-        return Err(Error::expired(format!(
-            "{file}: {role} metadata expired at {expires}: make a newer bundle"
-        )));
-    }
-    Ok(())
-}
-
 fn rollback_check(file: &str, bundle: u64, stored: Option<u64>) -> Result<()> {
     match stored {
         Some(s) if s > bundle => Err(Error::security(format!(
@@ -222,12 +214,15 @@ fn expect_type(env: &Envelope, want: &str, file: &str) -> Result<()> {
 }
 
 /// Verify the bundle's metadata from the device's trust, as a device would before using it.
-pub fn verify_bundle(
+/// `clock`: the device time (a `&str` will do), with the image's build date when known, for
+/// the verdict of an expiry error.
+pub fn verify_bundle<'c>(
     trust: &Trust,
     src: &dyn MetaSource,
     rules: &BundleRules,
-    now: &str,
+    clock: impl Into<Clock<'c>>,
 ) -> Result<Verified> {
+    let clock = clock.into();
     let mut roots = trust.chain.clone();
     let mut root = trust.root.clone();
     let mut to_store = Vec::new();
@@ -300,8 +295,15 @@ pub fn verify_bundle(
     for r in [&ts, &sn, &tg] {
         expiries.push((r.role, r.file.into(), r.info.expires.clone()));
     }
+    let horizon = expiries
+        .iter()
+        .map(|e| e.2.as_str())
+        .max()
+        .unwrap_or_default();
     for (role, file, expires) in &expiries {
-        expiry_check(role, file, expires, now)?;
+        if expires.as_str() < clock.now {
+            return Err(clock::expired(file, role, expires, &clock, horizon));
+        }
     }
 
     let (timestamp, snapshot, targets_role) = (ts.info.clone(), sn.info.clone(), tg.info.clone());
