@@ -13,7 +13,7 @@ pub const POINTS: &[&str] = &[
     // agent handle
     "agent-mounted",
     "agent-aklite-stopped",
-    // install (apps first: nothing runs differently until the deployment)
+    // install (the apps beside the pull: nothing runs differently until the deployment)
     "install-blob-copied",
     "install-apps-fetched",
     "install-images-loaded",

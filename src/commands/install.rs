@@ -1,7 +1,7 @@
 //! `usb-update install`: `check`'s verdict, then (Compose devices) the target's apps copied
-//! into the store and their images loaded, then the rootfs from the bundle deployed as the
-//! next boot's default (or, for apps only, nothing deployed), the pending installation
-//! recorded for `run`.
+//! into the store and their images loaded while the rootfs is pulled beside them
+//! ([`crate::overlap`]), then the rootfs deployed as the next boot's default (or, for apps
+//! only, nothing pulled or deployed), the pending installation recorded for `run`.
 //!
 //! Every step can be re-run after a power cut at any instant: blobs already in the store and
 //! images already loaded are skipped, the pull skips what the repo has, the deployment of a
