@@ -151,6 +151,7 @@ impl Engine {
     }
 
     /// Load one image from its blobs, streamed to the engine as a `docker save` tar.
+    #[cfg(any(test, feature = "internals"))]
     pub fn load(&self, image: &ImageToLoad) -> Result<()> {
         self.load_beside(image, Cancel::never())
     }

@@ -24,7 +24,9 @@ use ostree::{gio, glib};
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
-pub use pull::{pull_beside, pull_from_bundle};
+pub use pull::pull_beside;
+#[cfg(feature = "internals")]
+pub use pull::pull_from_bundle;
 #[cfg(feature = "internals")]
 pub use pull::{PullProgress, PullStats};
 pub use stick_repo::scan_bundle_commit;

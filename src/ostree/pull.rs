@@ -122,6 +122,7 @@ fn verify_commit_checksum(repo: &ostree::Repo, name: &Path, commit: &str) -> any
 /// match its checksum or its declared size, or the medium failing, is [`Code::Copy`] (50).
 /// In all of these the sysroot repo is left as it was. Failing to open the sysroot is an
 /// internal error (1).
+#[cfg(any(test, feature = "internals"))]
 pub fn pull_from_bundle(
     pacman: &Pacman,
     bundle: &Bundle,
