@@ -20,7 +20,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from screen import selftest  # noqa: E402
-from vm import Fail, Guest, boot_entries, make_stick, read_report, say, sh  # noqa: E402
+from vm import Fail, Guest, boot_entries, make_stick, read_report, say, sh, site_report  # noqa: E402
 
 BOOT = 480      # a cold boot to the probe's last line under TCG: 90 s idle, 175 s on a busy host
 INSTALL = 600   # stick plugged -> the agent's reboot
@@ -107,6 +107,21 @@ def install_and_reboot(g, stick):
     return plugged
 
 
+def reported(work, stick, name, code, after):
+    """What an operator reads back at the office: `usb-update report` shows this device's
+    one report on the stick, checked intact, with the result the device had."""
+    rows, table = site_report(work, stick, name)
+    say(f"  [{name} stick] usb-update report:\n" + table.rstrip())
+    check(len(rows) == 1, f"one report on the {name} stick: {rows}")
+    row = rows[0]
+    check(row["verdict"] == "intact", f"the {name} report should be intact: {row}")
+    check(row["report"]["exit_code"] == code, f"{name} report: {row}")
+    if after:
+        check((row["report"]["after"] or "").startswith(after), f"{name} report: {row}")
+    check(row["report"]["hardware_id"] == "intel-corei7-64", f"{name} report: {row}")
+    check(str(code) in table, f"the {name} table should show {code}: {table}")
+
+
 def happy(work):
     """Plug a stick, walk away: install, reboot, finalize, the app runs, the report says so."""
     disk = fresh_disk(work, "happy")
@@ -132,6 +147,7 @@ def happy(work):
     check(report["exit_code"] == 100, f"report: {report}")
     check((report["after"] or "").startswith("intel-corei7-64-lmp-2"), f"report: {report}")
     check("installed: " in log, f"report log: {log}")
+    reported(work, stick, "happy", 100, "intel-corei7-64-lmp-2")
 
 
 def rollback(work):
@@ -162,6 +178,7 @@ def rollback(work):
     say(f"  [rollback stick] report: exit {report['exit_code']}: {report['result']}; "
         f"{report['error']}")
     check(report["exit_code"] == 103, f"report: {report}")
+    reported(work, stick, "rollback", 103, None)
     entries = boot_entries(disk)
     check(len(entries) == 1, f"one deployment after the rollback: {[e['file'] for e in entries]}")
 

@@ -10,6 +10,7 @@ and fails at once when QEMU exits or the agent reports an unexpected error.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -106,6 +107,26 @@ def read_report(stick):
     text = sh("mtype", "-i", stick, json_name[0], env=env)
     log = sh("mtype", "-i", stick, json_name[0][:-5] + ".log", env=env)
     return json.loads(text), log
+
+
+def site_report(work, stick, name):
+    """`usb-update report --json` (the package's binary) on the stick's reports, copied off
+    the stick as an operator's computer would see them: (rows, table text)."""
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    into = os.path.join(work, f"{name}-reports")
+    shutil.rmtree(into, ignore_errors=True)
+    os.makedirs(into)
+    names = sh("mdir", "-b", "-i", stick, "::/", env=env).split()
+    for n in names:
+        if re.search(r"usb-update-report-[^/]*\.json$", n):
+            sh("mcopy", "-i", stick, n, into + "/", env=env)
+    binary = os.path.join(work, "package/usr/bin/usb-update")
+    rows = subprocess.run([binary, "report", "--json", into], capture_output=True, text=True)
+    table = subprocess.run([binary, "report", into], capture_output=True, text=True)
+    if rows.returncode != 0 or table.returncode != 0:
+        raise Fail(f"usb-update report {into}: exit {rows.returncode}/{table.returncode}: "
+                   f"{rows.stderr.strip()} {table.stdout.strip()}")
+    return json.loads(rows.stdout), table.stdout
 
 
 # --- the machine -----------------------------------------------------------------------
