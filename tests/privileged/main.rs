@@ -11,6 +11,7 @@ mod agent;
 mod agent_watch;
 mod aklite;
 mod apps;
+mod check_clock;
 mod compose_cli;
 mod docker_engine;
 mod faults_apps;

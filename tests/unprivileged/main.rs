@@ -7,7 +7,6 @@
 mod common;
 
 mod check_attacks;
-mod check_clock;
 mod check_policy;
 mod check_reference;
 mod current;
