@@ -364,3 +364,14 @@ fn assert_same(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, Str
     }
     assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
 }
+
+/// Run `cmd`; the test fails with its stderr unless it succeeds.
+#[track_caller]
+pub fn succeed(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

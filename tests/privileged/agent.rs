@@ -9,6 +9,7 @@ use crate::common::apps::{app, AppScene, T};
 use crate::common::faults::{spawn_paused, usb_update, Out, Paused};
 use crate::common::scene::{deployments, state};
 use crate::common::stick::Stick;
+use crate::common::succeed;
 use test_kit::gen::AppSpec;
 
 struct Rig {
@@ -302,17 +303,12 @@ fn operator_signature_missing_or_untrusted_is_refused() {
     drop(unsigned);
 
     let sign = |k: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_usb-update"))
-            .args(["bundle", "sign", "--key"])
-            .arg(k)
-            .arg(b.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(
+            Command::new(env!("CARGO_BIN_EXE_usb-update"))
+                .args(["bundle", "sign", "--key"])
+                .arg(k)
+                .arg(b.path()),
+        )
     };
     sign(&other);
     let wrong = stick_with(b.path());

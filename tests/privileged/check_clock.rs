@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{Device, Run, Unchanged, HWID};
+use crate::common::{succeed, Device, Run, Unchanged, HWID};
 use test_kit::gen::{self, write_bundle, write_content, BundleSpec, Factory};
 
 /// The generator's commit time (`gen::ostree::COMMIT_TIME`): the device image's build date.
@@ -46,20 +46,15 @@ fn scene(f: &Factory, d: &Device, b: &Path, edit: impl FnOnce(&mut BundleSpec)) 
     spec.roots_from = 2;
     edit(&mut spec);
     write_bundle(f, &spec, b).unwrap();
-    let out = Command::new("ostree")
-        .arg(format!(
-            "--repo={}",
-            d.sysroot.join("ostree/repo").display()
-        ))
-        .arg("pull-local")
-        .arg(b.join("ostree_repo"))
-        .arg(&c1.commit)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("ostree")
+            .arg(format!(
+                "--repo={}",
+                d.sysroot.join("ostree/repo").display()
+            ))
+            .arg("pull-local")
+            .arg(b.join("ostree_repo"))
+            .arg(&c1.commit),
     );
     d.boot(&c1.commit);
 }
