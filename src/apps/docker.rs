@@ -26,7 +26,6 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use crate::error::{Code, Error, Result};
-use crate::overlap::Cancel;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -151,70 +150,56 @@ impl Engine {
     }
 
     /// Load one image from its blobs, streamed to the engine as a `docker save` tar.
-    #[cfg(any(test, feature = "internals"))]
     pub fn load(&self, image: &ImageToLoad) -> Result<()> {
-        self.load_beside(image, Cancel::never())
-    }
-
-    /// [`Engine::load`], cut short (the engine sees a broken request and keeps nothing)
-    /// once `cancel` is set.
-    pub fn load_beside(&self, image: &ImageToLoad, cancel: &Cancel) -> Result<()> {
         let tag = &image.tag;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-        let stream = crate::failpoint::current();
-        std::thread::scope(|s| {
-            let producer = std::thread::Builder::new()
+        let producer = {
+            let image = image.clone();
+            std::thread::Builder::new()
                 .name("image-tar".into())
-                .spawn_scoped(s, move || {
-                    let _worker = crate::failpoint::join(stream);
-                    produce(image, tx, cancel)
-                })
-                .with_context(|| format!("starting the tar writer of image {tag}"))?;
-            // Shared so that it can be dropped below even if the engine answered early: the
-            // connection task that owns the body is not polled once block_on returns, and
-            // the producer would wait on a full channel forever.
-            let rx = Arc::new(Mutex::new(Some(rx)));
-            let body = futures_util::stream::poll_fn({
-                let rx = Arc::clone(&rx);
-                move |cx| match rx.lock().ok().as_deref_mut().and_then(Option::as_mut) {
-                    Some(rx) => rx.poll_recv(cx),
-                    // An error, not the end: a cut tar must not look complete to the engine.
-                    None => Poll::Ready(Some(Err(io::Error::other("image load abandoned")))),
-                }
-            });
-            let mut docker = self.docker.clone();
-            docker.set_timeout(LOAD_TIMEOUT);
-            let options = ImportImageOptionsBuilder::new().quiet(true).build();
-            let answer = self.rt.block_on(async {
-                let body = bollard::body_try_stream(body);
-                let mut messages = docker.import_image(options, body, None);
-                while let Some(message) = messages.next().await {
-                    let message = message?;
-                    if let Some(error) = message.error_detail.and_then(|d| d.message) {
-                        return Err(ApiError::DockerStreamError { error });
-                    }
-                    if let Some(line) = message.stream {
-                        tracing::debug!("engine, loading {tag}: {}", line.trim_end());
-                    }
-                }
-                Ok(())
-            });
-            if let Ok(mut rx) = rx.lock() {
-                rx.take();
+                .spawn(move || produce(&image, tx))
+                .with_context(|| format!("starting the tar writer of image {tag}"))?
+        };
+        // Shared so that it can be dropped below even if the engine answered early: the
+        // connection task that owns the body is not polled once block_on returns, and the
+        // producer would wait on a full channel forever.
+        let rx = Arc::new(Mutex::new(Some(rx)));
+        let body = futures_util::stream::poll_fn({
+            let rx = Arc::clone(&rx);
+            move |cx| match rx.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+                Some(rx) => rx.poll_recv(cx),
+                // An error, not the end: a cut tar must not look complete to the engine.
+                None => Poll::Ready(Some(Err(io::Error::other("image load abandoned")))),
             }
-            let produced = producer
-                .join()
-                .map_err(|_| anyhow::anyhow!("the tar writer of image {tag} panicked"))?;
-            // A file that cannot be read is the cause; the engine only saw a cut stream.
-            if let Some(e) = produced {
-                return Err(match e.downcast::<crate::Error>() {
-                    Ok(cancelled) => cancelled,
-                    Err(e) => e.context(format!("loading image {tag}")).into(),
-                });
+        });
+        let mut docker = self.docker.clone();
+        docker.set_timeout(LOAD_TIMEOUT);
+        let options = ImportImageOptionsBuilder::new().quiet(true).build();
+        let answer = self.rt.block_on(async {
+            let mut messages = docker.import_image(options, bollard::body_try_stream(body), None);
+            while let Some(message) = messages.next().await {
+                let message = message?;
+                if let Some(error) = message.error_detail.and_then(|d| d.message) {
+                    return Err(ApiError::DockerStreamError { error });
+                }
+                if let Some(line) = message.stream {
+                    tracing::debug!("engine, loading {tag}: {}", line.trim_end());
+                }
             }
-            answer.map_err(|e| self.load_failed(tag, e))?;
-            self.check_loaded(image)
-        })
+            Ok(())
+        });
+        if let Ok(mut rx) = rx.lock() {
+            rx.take();
+        }
+        let produced = producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the tar writer of image {tag} panicked"))?;
+        // A file that cannot be read is the cause; the engine only saw a cut stream.
+        if let Some(e) = produced {
+            return Err(e.context(format!("loading image {tag}")).into());
+        }
+        answer.map_err(|e| self.load_failed(tag, e))?;
+        self.check_loaded(image)
     }
 
     /// Tag an image: `tag` is "repo:tag".
@@ -390,12 +375,8 @@ fn container_state(id: String, c: ContainerInspectResponse) -> ContainerState {
 /// Write the `docker save` tar of `image` into `tx`. A blob that cannot be read ends the
 /// body with an error, so that the engine sees a broken request rather than a short tar, and
 /// is returned; a body dropped by the engine is for the engine's answer to explain.
-fn produce(
-    image: &ImageToLoad,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    cancel: &Cancel,
-) -> Option<anyhow::Error> {
-    let unreadable = write_save_tar(image, &tx, cancel).err()??;
+fn produce(image: &ImageToLoad, tx: mpsc::Sender<io::Result<Bytes>>) -> Option<anyhow::Error> {
+    let unreadable = write_save_tar(image, &tx).err()??;
     let _ = tx.blocking_send(Err(io::Error::other(format!("{unreadable:#}"))));
     Some(unreadable)
 }
@@ -403,11 +384,7 @@ fn produce(
 /// Err(None): the body was dropped.
 type Written = std::result::Result<(), Option<anyhow::Error>>;
 
-fn write_save_tar(
-    image: &ImageToLoad,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    cancel: &Cancel,
-) -> Written {
+fn write_save_tar(image: &ImageToLoad, tx: &mpsc::Sender<io::Result<Bytes>>) -> Written {
     let config_name = format!("{}.json", image.config_digest);
     let layer_names: Vec<String> = (0..image.layers.len())
         .map(|i| format!("{i}/layer.tar"))
@@ -422,8 +399,6 @@ fn write_save_tar(
         tx: tx.clone(),
         buf: Vec::with_capacity(CHUNK),
         closed: false,
-        cancel,
-        cancelled: None,
     });
     let size = manifest.len() as u64;
     append(&mut tar, "manifest.json", size, manifest.as_bytes()).map_err(|_| None)?;
@@ -435,7 +410,7 @@ fn write_save_tar(
     writer.flush().map_err(|_| None)
 }
 
-type TarOut<'a> = tar::Builder<ChunkWriter<'a>>;
+type TarOut = tar::Builder<ChunkWriter>;
 
 fn append(tar: &mut TarOut, name: &str, size: u64, data: impl Read) -> io::Result<()> {
     let mut header = tar::Header::new_gnu();
@@ -457,9 +432,6 @@ fn append_file(tar: &mut TarOut, name: &str, path: &Path) -> Written {
     if tar.get_ref().closed {
         return Err(None);
     }
-    if let Some(cancelled) = tar.get_mut().cancelled.take() {
-        return Err(Some(anyhow::Error::new(cancelled)));
-    }
     appended.map_err(unreadable)?;
     // The header promised `size` bytes: a file that shrank while read cut the entry short.
     match data.limit() {
@@ -472,17 +444,14 @@ fn append_file(tar: &mut TarOut, name: &str, path: &Path) -> Written {
 }
 
 /// Sends the tar in `CHUNK`-sized pieces; blocks while the engine is behind.
-struct ChunkWriter<'a> {
+struct ChunkWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
     /// The body was dropped: errors from here on are not the files' fault.
     closed: bool,
-    cancel: &'a Cancel,
-    /// Set when the other half of the install failed: the reason the tar stopped.
-    cancelled: Option<crate::Error>,
 }
 
-impl Write for ChunkWriter<'_> {
+impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -495,11 +464,6 @@ impl Write for ChunkWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
-        }
-        let _unit = crate::failpoint::unit();
-        if let Err(e) = self.cancel.check("loading an image") {
-            self.cancelled = Some(e);
-            return Err(io::Error::other("cancelled"));
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {

@@ -30,7 +30,6 @@ use anyhow::Context as _;
 use crate::core::bundle::{valid_name, Bundle};
 use crate::config::{Config, Pacman};
 use crate::error::{Code, Error, Result};
-use crate::overlap::Cancel;
 use crate::policy::AppsPolicy;
 use compose::Cli;
 use content::App;
@@ -76,8 +75,6 @@ pub struct Prepared {
     pub apps: usize,
     pub fetch: FetchStats,
     pub images_loaded: usize,
-    /// The ids of the images loaded (the engine had none of them): what [`undo`] removes.
-    pub loaded: Vec<String>,
 }
 
 /// `install`'s share: verify the target's apps on the stick down to every blob, check their
@@ -90,9 +87,7 @@ pub fn prepare(
     target_apps: &BTreeMap<String, String>,
     running_apps: &BTreeMap<String, String>,
     progress: &(dyn Fn(FetchProgress) + Sync),
-    cancel: &Cancel,
 ) -> Result<Prepared> {
-    let prologue = crate::failpoint::unit();
     let engine = Engine::connect()?;
     let verify = crate::phase::start("verify");
     let apps = target_apps
@@ -104,57 +99,23 @@ pub fn prepare(
         check_archive(bundle, app, &std::env::temp_dir())?;
     }
     verify.done();
-    drop(prologue);
     let copy = crate::phase::start("blob-copy");
     let store = Store::new(&cfg.pacman.reset_apps_root);
-    let fetch = store.fetch(bundle, &apps, policy.parallel_copies, progress, cancel)?;
+    let fetch = store.fetch(bundle, &apps, policy.parallel_copies, progress)?;
     copy.done();
     crate::failpoint::hit("install-apps-fetched");
-    let mut prepared = Prepared {
+    let load = crate::phase::start("image-load");
+    let images_loaded = load_images(&engine, &store, &apps)?;
+    load.done();
+    crate::failpoint::hit("install-images-loaded");
+    // Copying and loading change no container: the record still says what runs now.
+    previous::take(&cfg.pacman, &engine, running_apps, &state_dir)?;
+    crate::failpoint::hit("install-previous-apps-recorded");
+    Ok(Prepared {
         apps: apps.len(),
         fetch,
-        images_loaded: 0,
-        loaded: Vec::new(),
-    };
-    let load = crate::phase::start("image-load");
-    let loaded = load_images(&engine, &store, &apps, cancel, &mut prepared.loaded);
-    let recorded = loaded.and_then(|n| {
-        prepared.images_loaded = n;
-        load.done();
-        crate::failpoint::hit("install-images-loaded");
-        cancel.check("recording the apps that run")?;
-        let _unit = crate::failpoint::unit();
-        // Copying and loading change no container: the record still says what runs now.
-        previous::take(&cfg.pacman, &engine, running_apps, &state_dir)
-    });
-    if let Err(e) = recorded {
-        undo_with(&engine, &store, &prepared);
-        return Err(e);
-    }
-    crate::failpoint::hit("install-previous-apps-recorded");
-    Ok(prepared)
-}
-
-/// Take back what [`prepare`] did (the other half of the install failed after it): the
-/// images it loaded and the blobs and app versions it added. Best effort, logged.
-pub fn undo(cfg: &Config, prepared: &Prepared) {
-    let store = Store::new(&cfg.pacman.reset_apps_root);
-    match Engine::connect() {
-        Ok(engine) => undo_with(&engine, &store, prepared),
-        Err(e) => {
-            tracing::warn!("the images loaded stay: {}", e.one_line());
-            store.undo(&prepared.fetch);
-        }
-    }
-}
-
-fn undo_with(engine: &Engine, store: &Store, prepared: &Prepared) {
-    for id in &prepared.loaded {
-        if let Err(e) = engine.remove_image(id) {
-            tracing::warn!("removing image {id}: {}", e.one_line());
-        }
-    }
-    store.undo(&prepared.fetch);
+        images_loaded,
+    })
 }
 
 /// Unpack the archive once into a scratch directory, so a hostile one is refused by
@@ -182,18 +143,10 @@ fn check_archive(bundle: &Bundle, app: &App, scratch_in: &Path) -> Result<()> {
 }
 
 /// Load every image of `apps` the engine lacks, from the store's blobs; tag the others.
-/// The ids of those loaded go into `ids`.
-fn load_images(
-    engine: &Engine,
-    store: &Store,
-    apps: &[App],
-    cancel: &Cancel,
-    ids: &mut Vec<String>,
-) -> Result<usize> {
+fn load_images(engine: &Engine, store: &Store, apps: &[App]) -> Result<usize> {
     let mut seen = BTreeSet::new();
     let mut loaded = 0;
     for image in apps.iter().flat_map(|a| &a.images) {
-        cancel.check(&format!("loading image {}", image.tag()))?;
         // Two repos can hold the same image (same config): loaded once, tagged for each.
         if !seen.insert(image.tag()) {
             continue;
@@ -203,20 +156,16 @@ fn load_images(
             continue;
         }
         crate::failpoint::pause("load-image");
-        engine.load_beside(
-            &ImageToLoad {
-                tag: image.tag(),
-                config_digest: image.config.digest.clone(),
-                config: store.blob_path(&image.config.digest),
-                layers: image
-                    .layers
-                    .iter()
-                    .map(|l| store.blob_path(&l.digest))
-                    .collect(),
-            },
-            cancel,
-        )?;
-        ids.push(image.id());
+        engine.load(&ImageToLoad {
+            tag: image.tag(),
+            config_digest: image.config.digest.clone(),
+            config: store.blob_path(&image.config.digest),
+            layers: image
+                .layers
+                .iter()
+                .map(|l| store.blob_path(&l.digest))
+                .collect(),
+        })?;
         loaded += 1;
     }
     Ok(loaded)
@@ -308,7 +257,7 @@ pub fn start(
             Err(e) => return Ok(Err(format!("app {name}: {}", e.one_line()))),
         }
     }
-    if let Err(e) = load_images(&engine, &store, &apps, Cancel::never(), &mut Vec::new()) {
+    if let Err(e) = load_images(&engine, &store, &apps) {
         return infra(e);
     }
     let keep: BTreeSet<&str> = target_apps.keys().map(String::as_str).collect();
@@ -364,9 +313,7 @@ pub(crate) fn restore(cfg: &Config, policy: &AppsPolicy, record: &Record) -> Res
             .and_then(|uri| content::resolve(&store, &rec.name, uri).ok());
         let (dir, services) = match from_store {
             Some(app) => {
-                let one = std::slice::from_ref(&app);
-                if let Err(e) = load_images(&engine, &store, one, Cancel::never(), &mut Vec::new())
-                {
+                if let Err(e) = load_images(&engine, &store, std::slice::from_ref(&app)) {
                     return infra(e);
                 }
                 match install_project(&cfg.pacman, &store, &app) {

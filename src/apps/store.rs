@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 
 use super::content::{App, Blob, BlobSource};
 use crate::error::{Code, Error, OrCode, Result};
-use crate::overlap::Cancel;
 
 const CHUNK: usize = 1 << 20;
 
@@ -31,12 +30,6 @@ pub struct Store {
 /// What [`Store::fetch`] did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct FetchStats {
-    /// The blobs this fetch put in the store, and the app versions it recorded that were
-    /// not there before: what [`Store::undo`] takes back.
-    #[serde(skip)]
-    pub added: Vec<String>,
-    #[serde(skip)]
-    pub new_versions: Vec<PathBuf>,
     pub copied: usize,
     pub skipped: usize,
     pub bytes: u64,
@@ -88,7 +81,6 @@ impl Store {
         apps: &[App],
         parallel: usize,
         progress: &(dyn Fn(FetchProgress) + Sync),
-        cancel: &Cancel,
     ) -> Result<FetchStats> {
         let start = Instant::now();
         let dir = self.blobs_dir();
@@ -115,11 +107,9 @@ impl Store {
         let failed = AtomicBool::new(false);
         let added: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let stream = crate::failpoint::current();
         std::thread::scope(|s| {
             for _ in 0..parallel.max(1) {
                 s.spawn(|| loop {
-                    let _worker = crate::failpoint::join(stream);
                     if failed.load(Ordering::Relaxed) {
                         return;
                     }
@@ -133,7 +123,7 @@ impl Store {
                             total: total.max(d),
                         });
                     };
-                    match self.copy_blob(src, &blob, &failed, cancel, &tick) {
+                    match self.copy_blob(src, &blob, &failed, &tick) {
                         Ok(()) => {
                             if let Ok(mut a) = added.lock() {
                                 a.push(blob.digest.clone());
@@ -159,44 +149,13 @@ impl Store {
             }
             return Err(e);
         }
-        stats.added = added.into_inner().unwrap_or_default();
-        let recorded = sync_dir(&dir).and_then(|()| {
-            for app in apps {
-                let version = self.app_dir(&app.name, &app.digest);
-                if !version.exists() {
-                    stats.new_versions.push(version);
-                }
-                self.record(app)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = recorded {
-            self.undo(&stats);
-            return Err(e);
+        sync_dir(&dir)?;
+        for app in apps {
+            self.record(app)?;
         }
         stats.bytes = done.into_inner();
         stats.seconds = start.elapsed().as_secs_f64();
         Ok(stats)
-    }
-
-    /// Take back what a fetch did (its blobs, the app versions it recorded): the install
-    /// failed after it. Best effort: what cannot be removed is logged.
-    pub fn undo(&self, stats: &FetchStats) {
-        for hex in &stats.added {
-            let path = self.blob_path(hex);
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!("removing {}: {e}", path.display());
-            }
-        }
-        for dir in &stats.new_versions {
-            if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!("removing {}: {e}", dir.display());
-            }
-            // The app's directory, if this was its only version.
-            if let Some(parent) = dir.parent() {
-                let _ = fs::remove_dir(parent);
-            }
-        }
     }
 
     fn copy_blob(
@@ -204,7 +163,6 @@ impl Store {
         src: &dyn BlobSource,
         blob: &Blob,
         stop: &AtomicBool,
-        cancel: &Cancel,
         tick: &dyn Fn(u64),
     ) -> Result<()> {
         let hex = &blob.digest;
@@ -234,13 +192,11 @@ impl Store {
             let mut buf = vec![0u8; CHUNK];
             let mut copied = 0u64;
             loop {
-                let _unit = crate::failpoint::unit();
                 if stop.load(Ordering::Relaxed) {
                     return Err(Error::copy(format!(
                         "blob {hex}: stopped: another copy failed"
                     )));
                 }
-                cancel.check(&format!("copying blob {hex}"))?;
                 let n = match from.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,

@@ -24,8 +24,6 @@ use ostree::{gio, glib};
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
-pub use pull::pull_beside;
-#[cfg(feature = "internals")]
 pub use pull::pull_from_bundle;
 #[cfg(feature = "internals")]
 pub use pull::{PullProgress, PullStats};

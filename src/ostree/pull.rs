@@ -35,7 +35,6 @@ use crate::core::bundle::Bundle;
 use crate::config::Pacman;
 use crate::error::{Code, Error};
 use crate::hostile_fs::{io_problem, Problem, Refused};
-use crate::overlap::Side;
 
 /// How often progress is reported while copying.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -122,27 +121,12 @@ fn verify_commit_checksum(repo: &ostree::Repo, name: &Path, commit: &str) -> any
 /// match its checksum or its declared size, or the medium failing, is [`Code::Copy`] (50).
 /// In all of these the sysroot repo is left as it was. Failing to open the sysroot is an
 /// internal error (1).
-#[cfg(any(test, feature = "internals"))]
 pub fn pull_from_bundle(
     pacman: &Pacman,
     bundle: &Bundle,
     plan: &RootfsPlan,
     progress: &mut dyn FnMut(PullProgress),
 ) -> crate::Result<PullStats> {
-    pull_beside(pacman, bundle, plan, progress, &Side::alone())
-}
-
-/// [`pull_from_bundle`] beside the apps ([`crate::overlap`]): stopped between two objects
-/// once `side` is cancelled, and the transaction committed only if `side` goes ahead;
-/// either way aborted, nothing left.
-pub fn pull_beside(
-    pacman: &Pacman,
-    bundle: &Bundle,
-    plan: &RootfsPlan,
-    progress: &mut dyn FnMut(PullProgress),
-    side: &Side,
-) -> crate::Result<PullStats> {
-    let prologue = crate::failpoint::unit();
     let commit = plan.commit.as_str();
     if !is_commit_checksum(commit) {
         return Err(anyhow::anyhow!("{commit:?} is not an OSTree commit checksum").into());
@@ -200,10 +184,8 @@ pub fn pull_beside(
     );
     let mut report = Reporter::new(plan, progress);
     report.send(true);
-    drop(prologue);
     // Fault tests pull the stick or fill the disk here: the scan read the commit's tree.
     crate::failpoint::pause("pull-rootfs");
-    let prologue = crate::failpoint::unit();
     let mut import = Import {
         stick: StickRepo::open(bundle).map_err(context)?,
         repo: &repo,
@@ -220,18 +202,12 @@ pub fn pull_beside(
     let transaction = repo
         .prepare_transaction(none)
         .map_err(|e| import.store_failed("a transaction", &e));
-    drop(prologue);
-    let stop = || side.cancel.check(&format!("pulling commit {commit}"));
     let copied = transaction.and_then(|_| {
         for f in &plan.files {
-            let _unit = crate::failpoint::unit();
-            stop()?;
             import.file(f)?;
             report.object(f.stored);
         }
         for (kind, c) in &plan.metadata {
-            let _unit = crate::failpoint::unit();
-            stop()?;
             import.meta(*kind, c)?;
             report.object(0);
         }
@@ -239,15 +215,6 @@ pub fn pull_beside(
             stick_repo::parse_hex(commit).ok_or_else(|| anyhow::anyhow!("{commit}: not hex"))?;
         import.meta(Obj::Commit, &c)?;
         report.object(0);
-        // The apps' half decides: the commit object names the tree only once both halves
-        // succeeded.
-        if !side.go_ahead() {
-            stop()?;
-            return Err(crate::overlap::cancelled(&format!(
-                "pulling commit {commit}"
-            )));
-        }
-        let _unit = crate::failpoint::unit();
         repo.commit_transaction(none)
             .map_err(|e| import.store_failed("the transaction", &e))
     });
