@@ -359,7 +359,11 @@ fn run_current(sources: &Sources, json: bool, aklite: bool) -> u8 {
     } else {
         crate::commands::current::human_lines
     };
-    print_view(crate::commands::current::current(&sources.config), json, lines)
+    print_view(
+        crate::commands::current::current(&sources.config),
+        json,
+        lines,
+    )
 }
 
 fn run_status(sources: &Sources, json: bool) -> u8 {

@@ -471,7 +471,6 @@ impl<R> Capped<R> {
             what,
         }
     }
-
 }
 
 /// The error [`Capped`] returns; `is_cap_exceeded` recognises it in an `io::Error`.

@@ -35,9 +35,7 @@ impl UpdateLock {
             .open(path)
             .with_context(|| format!("opening the lock {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(UpdateLock {
-                _file: file,
-            }),
+            Ok(()) => Ok(UpdateLock { _file: file }),
             Err(TryLockError::WouldBlock) => {
                 let who = holder(&file)
                     .map(|pid| format!(" (pid {pid}{})", process_name(pid)))

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::agent::media::{self, Mount, Stick};
 use crate::agent::{handle_medium, Sources};
 use crate::error::{Error, OrCode, Result};
-use crate::agent::media::{self, Mount, Stick};
 use crate::policy::Policy;
 
 /// A medium to take.

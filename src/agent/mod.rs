@@ -21,13 +21,13 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::core::context::Loaded;
 pub(crate) use crate::core::context::Sources;
-use crate::error::{Code, Error, Result};
 use crate::core::evaluate::Request;
-use media::{Mount, Stick};
-use medium::{Held, Medium};
+use crate::error::{Code, Error, Result};
 use crate::policy::Policy;
 use crate::state::State;
 use crate::status::{Feedback, Pattern, Report};
+use media::{Mount, Stick};
+use medium::{Held, Medium};
 
 struct Ctx {
     sources: Sources,

@@ -110,11 +110,14 @@ impl View {
             Store::Unusable => None,
         }
     }
-
 }
 
 /// A target as aktualizr-lite records it (name, commit, TUF `custom`), as ours.
-pub(crate) fn known_target(name: &str, sha256: &str, custom: &Map<String, Value>) -> InstalledTarget {
+pub(crate) fn known_target(
+    name: &str,
+    sha256: &str,
+    custom: &Map<String, Value>,
+) -> InstalledTarget {
     let t = crate::tuf::Target {
         name: name.to_string(),
         sha256: sha256.to_string(),

@@ -218,9 +218,8 @@ impl Cli {
             }
             None => match probe(Path::new("docker"), true) {
                 Ok(cli) => cli,
-                Err(v2) => probe(Path::new("docker-compose"), false).map_err(|v1| {
-                    anyhow!("no Docker Compose found: tried {v2:#}; tried {v1:#}")
-                })?,
+                Err(v2) => probe(Path::new("docker-compose"), false)
+                    .map_err(|v1| anyhow!("no Docker Compose found: tried {v2:#}; tried {v1:#}"))?,
             },
         };
         // Which compose runs the apps decides how `up` behaves (v1 cannot forbid a pull).

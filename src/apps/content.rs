@@ -154,7 +154,12 @@ fn blob_of(d: &Descriptor, what: &str) -> Result<Blob> {
 }
 
 /// Read a small blob whole and verify it: size (when known), cap, digest.
-pub(crate) fn read_verified(src: &dyn BlobSource, blob: &Blob, cap: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_verified(
+    src: &dyn BlobSource,
+    blob: &Blob,
+    cap: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     let hex = &blob.digest;
     let Some((file, len)) = src.open_blob(hex)? else {
         return Err(Error::content_missing(format!(

@@ -248,7 +248,10 @@ impl BootEnv {
     /// [`VERSION_FILE`] (`None`: the commit has none, nothing to protect). A file that
     /// cannot be parsed is refused, as aktualizr-lite does; an unknown running version
     /// counts as 0.
-    pub(crate) fn firmware_downgrade(&self, version_txt: Option<&str>) -> anyhow::Result<Option<String>> {
+    pub(crate) fn firmware_downgrade(
+        &self,
+        version_txt: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
         if !self.mode.supports_boot_firmware()
             || self.get("rollback_protection")?.as_deref() != Some("1")
         {

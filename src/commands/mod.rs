@@ -3,7 +3,7 @@
 //! backends ([`crate::ostree`], [`crate::apps`], [`crate::bootloader`], [`crate::aklite`]).
 
 pub mod check;
-pub mod report;
 pub mod current;
 pub mod install;
+pub mod report;
 pub mod run;

@@ -99,7 +99,10 @@ impl Bundle {
     /// The error for an entry that breaks one of the bundle's own rules (15): "bundle B:
     /// rel what: refused".
     pub(crate) fn invalid(&self, rel: &str, what: &str) -> Error {
-        Error::invalid_bundle(format!("bundle {}: {rel} {what}: refused", self.path.display()))
+        Error::invalid_bundle(format!(
+            "bundle {}: {rel} {what}: refused",
+            self.path.display()
+        ))
     }
 
     /// Open a regular file beneath the bundle root for reading.

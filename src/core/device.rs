@@ -95,7 +95,10 @@ fn root_files(dir: &Path) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
 /// The provisioned roots for this device type: `N.root.json` directly in
 /// `uptane_metadata_path`, or in its `ci/` / `prod/` directory. A device of undefined type
 /// imports only `ci/` roots 1 and 2, which are the same for both chains (as aktualizr-lite).
-pub(crate) fn provisioned_roots(cfg: &Config, kind: DeviceType) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
+pub(crate) fn provisioned_roots(
+    cfg: &Config,
+    kind: DeviceType,
+) -> anyhow::Result<BTreeMap<u64, PathBuf>> {
     let base = &cfg.storage.uptane_metadata_path;
     let (sub, max) = match kind {
         DeviceType::Prod => ("prod", u64::MAX),

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::core::bundle::Bundle;
 use crate::config::{Config, PackageManager};
+use crate::core::bundle::Bundle;
 use crate::core::context::{Loaded, Records, Sources};
 use crate::core::device::Device;
-use crate::error::{Code, Error, Result};
-use crate::policy::{decide, Decide, Policy};
 use crate::core::select::{self, Candidate, Selection};
 use crate::core::signature::SignedTuf;
+use crate::error::{Code, Error, Result};
+use crate::policy::{decide, Decide, Policy};
 use crate::state::{InstalledTarget, State};
 use crate::tuf::verify::{BundleInfo, RoleInfo, RootStep};
 use crate::tuf::{self, BundleRules, Verified};
@@ -169,7 +169,10 @@ fn evaluate_into(req: &Request, report: &mut Report) -> Result<Plan> {
     let bundle = Bundle::open(&req.src_dir)?;
     let metadata = match &req.metadata {
         Some(m) => m.clone(),
-        None => std::sync::Arc::new(crate::core::signature::read_tuf(&bundle, &policy.signature)?),
+        None => std::sync::Arc::new(crate::core::signature::read_tuf(
+            &bundle,
+            &policy.signature,
+        )?),
     };
     report.signature = metadata.signer.clone();
     // Tests swap the files on the stick here: nothing may read them again.

@@ -117,15 +117,8 @@ pub(crate) fn running_name(cfg: &crate::config::Config, records: &Records) -> St
     let Records { state, aklite } = records;
     let hwid = &cfg.provision.primary_ecu_hardware_id;
     let commit_version = |c: &str| crate::ostree::commit_version(&cfg.pacman, c).ok().flatten();
-    running(
-        state,
-        booted.as_deref(),
-        aklite,
-        &[],
-        hwid,
-        &commit_version,
-    )
-    .map_or_else(|| INITIAL.to_string(), |(t, _)| t.name)
+    running(state, booted.as_deref(), aklite, &[], hwid, &commit_version)
+        .map_or_else(|| INITIAL.to_string(), |(t, _)| t.name)
 }
 
 #[cfg(test)]

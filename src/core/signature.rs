@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::core::bundle::Bundle;
+use crate::core::tufdir::TufDir;
 use crate::error::{Code, Error, Result};
 use crate::policy::SignaturePolicy;
-use crate::core::tufdir::TufDir;
 
 pub(crate) const FILE: &str = "usb-update.sig";
 /// The format this build writes and reads.

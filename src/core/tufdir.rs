@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 
 use crate::core::bundle::{Bundle, META_CAP, TARGETS_CAP};
-use crate::error::{Code, Error, Result};
 use crate::core::signature::Manifest;
+use crate::error::{Code, Error, Result};
 use crate::tuf::MetaSource;
 
 /// Entries `tuf/` may hold: a bundle has its roots and five files; a factory rotating its
@@ -63,7 +63,8 @@ impl TufDir {
             ))
         })?;
         if names.len() > MAX_ENTRIES {
-            return Err(bundle.invalid("tuf/",
+            return Err(bundle.invalid(
+                "tuf/",
                 &format!(
                     "holds {} entries, more than the {MAX_ENTRIES} a bundle may have",
                     names.len()
@@ -73,12 +74,11 @@ impl TufDir {
         for name in &names {
             // `list_dir` makes a name that is not UTF-8 lossy: U+FFFD marks it.
             if name.contains('\u{fffd}') {
-                return Err(bundle.invalid(&format!("tuf/{name}"),
-                    "has a name that is not UTF-8",
-                ));
+                return Err(bundle.invalid(&format!("tuf/{name}"), "has a name that is not UTF-8"));
             }
             if name.chars().any(char::is_control) {
-                return Err(bundle.invalid(&format!("tuf/{}", name.escape_debug()),
+                return Err(bundle.invalid(
+                    &format!("tuf/{}", name.escape_debug()),
                     "has a control character in its name",
                 ));
             }

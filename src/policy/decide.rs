@@ -3,8 +3,8 @@
 //! Order: the running target again (0 unless reinstall is allowed), then the refusals that
 //! need no comparison (denylist, version window, tag switch: 103), then downgrade (102).
 
-use crate::error::{Code, Error, Result};
 use crate::core::select::Candidate;
+use crate::error::{Code, Error, Result};
 use crate::state::{InstalledTarget, State};
 
 use super::Policy;
