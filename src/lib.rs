@@ -39,7 +39,8 @@
 //! - `hostile_fs` (the one way files on the stick are opened), `durable` (files of ours
 //!   replaced whole, surviving a power cut), `lock` (one updater at a time, shared with
 //!   aktualizr-lite), `watchdog` (an update that makes no progress is ended), `phase` (one
-//!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature);
+//!   log event per finished phase), `failpoint` (named crash points, `failpoints` feature),
+//!   `overlap` (install's rootfs pull and apps at once, a failure of one cancelling the other);
 //! - `clock`: the device's clock (simulated under `simulation`) and its image's build date;
 //! - [`error`]: the error type and the exit-code table.
 
@@ -71,6 +72,7 @@ internal! {
     hostile_fs;
     lock;
     ostree;
+    overlap;
     phase;
     policy;
     state;

@@ -290,7 +290,7 @@ pub fn run(data: &[u8]) {
         clean("has_commit", &e.one_line());
     }
     match usb_update::ostree::scan_bundle_commit(&t.pacman, &bundle, &t.commit) {
-        Ok(plan) => assert!(plan.files.len() <= 4 && plan.metadata.len() <= 16, "{plan:?}"),
+        Ok(plan) => assert!(plan.files <= 4 && plan.metadata <= 16, "{plan:?}"),
         Err(e) => clean("scan", &e.one_line()),
     }
 }

@@ -5,7 +5,7 @@
 //! runtime and blocks on one request at a time, so no thread pool runs behind the updater.
 
 use std::collections::HashMap;
-use std::fs::File;
+
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,9 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
+use super::copy::Blobs;
 use crate::error::{Code, Error, Result};
+use crate::overlap::Cancel;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -150,56 +152,76 @@ impl Engine {
     }
 
     /// Load one image from its blobs, streamed to the engine as a `docker save` tar.
+    #[cfg(any(test, feature = "internals"))]
     pub fn load(&self, image: &ImageToLoad) -> Result<()> {
+        self.load_beside(image, Cancel::never(), &super::copy::StoreFiles)
+    }
+
+    /// [`Engine::load`] with the blobs read through `blobs`, cut short (the engine sees a
+    /// broken request and keeps nothing) once `cancel` is set or a blob fails.
+    pub(crate) fn load_beside(
+        &self,
+        image: &ImageToLoad,
+        cancel: &Cancel,
+        blobs: &dyn Blobs,
+    ) -> Result<()> {
         let tag = &image.tag;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-        let producer = {
-            let image = image.clone();
-            std::thread::Builder::new()
+        let stream = crate::failpoint::current();
+        std::thread::scope(|s| {
+            let producer = std::thread::Builder::new()
                 .name("image-tar".into())
-                .spawn(move || produce(&image, tx))
-                .with_context(|| format!("starting the tar writer of image {tag}"))?
-        };
-        // Shared so that it can be dropped below even if the engine answered early: the
-        // connection task that owns the body is not polled once block_on returns, and the
-        // producer would wait on a full channel forever.
-        let rx = Arc::new(Mutex::new(Some(rx)));
-        let body = futures_util::stream::poll_fn({
-            let rx = Arc::clone(&rx);
-            move |cx| match rx.lock().ok().as_deref_mut().and_then(Option::as_mut) {
-                Some(rx) => rx.poll_recv(cx),
-                // An error, not the end: a cut tar must not look complete to the engine.
-                None => Poll::Ready(Some(Err(io::Error::other("image load abandoned")))),
-            }
-        });
-        let mut docker = self.docker.clone();
-        docker.set_timeout(LOAD_TIMEOUT);
-        let options = ImportImageOptionsBuilder::new().quiet(true).build();
-        let answer = self.rt.block_on(async {
-            let mut messages = docker.import_image(options, bollard::body_try_stream(body), None);
-            while let Some(message) = messages.next().await {
-                let message = message?;
-                if let Some(error) = message.error_detail.and_then(|d| d.message) {
-                    return Err(ApiError::DockerStreamError { error });
+                .spawn_scoped(s, move || {
+                    let _worker = crate::failpoint::join(stream);
+                    produce(image, tx, cancel, blobs)
+                })
+                .with_context(|| format!("starting the tar writer of image {tag}"))?;
+            // Shared so that it can be dropped below even if the engine answered early: the
+            // connection task that owns the body is not polled once block_on returns, and
+            // the producer would wait on a full channel forever.
+            let rx = Arc::new(Mutex::new(Some(rx)));
+            let body = futures_util::stream::poll_fn({
+                let rx = Arc::clone(&rx);
+                move |cx| match rx.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+                    Some(rx) => rx.poll_recv(cx),
+                    // An error, not the end: a cut tar must not look complete to the engine.
+                    None => Poll::Ready(Some(Err(io::Error::other("image load abandoned")))),
                 }
-                if let Some(line) = message.stream {
-                    tracing::debug!("engine, loading {tag}: {}", line.trim_end());
+            });
+            let mut docker = self.docker.clone();
+            docker.set_timeout(LOAD_TIMEOUT);
+            let options = ImportImageOptionsBuilder::new().quiet(true).build();
+            let answer = self.rt.block_on(async {
+                let body = bollard::body_try_stream(body);
+                let mut messages = docker.import_image(options, body, None);
+                while let Some(message) = messages.next().await {
+                    let message = message?;
+                    if let Some(error) = message.error_detail.and_then(|d| d.message) {
+                        return Err(ApiError::DockerStreamError { error });
+                    }
+                    if let Some(line) = message.stream {
+                        tracing::debug!("engine, loading {tag}: {}", line.trim_end());
+                    }
                 }
+                Ok(())
+            });
+            if let Ok(mut rx) = rx.lock() {
+                rx.take();
             }
-            Ok(())
-        });
-        if let Ok(mut rx) = rx.lock() {
-            rx.take();
-        }
-        let produced = producer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the tar writer of image {tag} panicked"))?;
-        // A file that cannot be read is the cause; the engine only saw a cut stream.
-        if let Some(e) = produced {
-            return Err(e.context(format!("loading image {tag}")).into());
-        }
-        answer.map_err(|e| self.load_failed(tag, e))?;
-        self.check_loaded(image)
+            let produced = producer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the tar writer of image {tag} panicked"))?;
+            // A file that cannot be read is the cause; the engine only saw a cut stream.
+            // Ours (a blob that failed its copy, a cancel) as it is.
+            if let Some(e) = produced {
+                return Err(match e.downcast::<crate::Error>() {
+                    Ok(ours) => ours,
+                    Err(e) => e.context(format!("loading image {tag}")).into(),
+                });
+            }
+            answer.map_err(|e| self.load_failed(tag, e))?;
+            self.check_loaded(image)
+        })
     }
 
     /// Tag an image: `tag` is "repo:tag".
@@ -375,8 +397,13 @@ fn container_state(id: String, c: ContainerInspectResponse) -> ContainerState {
 /// Write the `docker save` tar of `image` into `tx`. A blob that cannot be read ends the
 /// body with an error, so that the engine sees a broken request rather than a short tar, and
 /// is returned; a body dropped by the engine is for the engine's answer to explain.
-fn produce(image: &ImageToLoad, tx: mpsc::Sender<io::Result<Bytes>>) -> Option<anyhow::Error> {
-    let unreadable = write_save_tar(image, &tx).err()??;
+fn produce(
+    image: &ImageToLoad,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    cancel: &Cancel,
+    blobs: &dyn Blobs,
+) -> Option<anyhow::Error> {
+    let unreadable = write_save_tar(image, &tx, cancel, blobs).err()??;
     let _ = tx.blocking_send(Err(io::Error::other(format!("{unreadable:#}"))));
     Some(unreadable)
 }
@@ -384,7 +411,12 @@ fn produce(image: &ImageToLoad, tx: mpsc::Sender<io::Result<Bytes>>) -> Option<a
 /// Err(None): the body was dropped.
 type Written = std::result::Result<(), Option<anyhow::Error>>;
 
-fn write_save_tar(image: &ImageToLoad, tx: &mpsc::Sender<io::Result<Bytes>>) -> Written {
+fn write_save_tar(
+    image: &ImageToLoad,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    cancel: &Cancel,
+    blobs: &dyn Blobs,
+) -> Written {
     let config_name = format!("{}.json", image.config_digest);
     let layer_names: Vec<String> = (0..image.layers.len())
         .map(|i| format!("{i}/layer.tar"))
@@ -399,18 +431,21 @@ fn write_save_tar(image: &ImageToLoad, tx: &mpsc::Sender<io::Result<Bytes>>) -> 
         tx: tx.clone(),
         buf: Vec::with_capacity(CHUNK),
         closed: false,
+        cancel,
+        cancelled: None,
+        poisoned: false,
     });
     let size = manifest.len() as u64;
     append(&mut tar, "manifest.json", size, manifest.as_bytes()).map_err(|_| None)?;
-    append_file(&mut tar, &config_name, &image.config)?;
+    append_file(&mut tar, &config_name, &image.config, blobs)?;
     for (name, path) in layer_names.iter().zip(&image.layers) {
-        append_file(&mut tar, name, path)?;
+        append_file(&mut tar, name, path, blobs)?;
     }
     let mut writer = tar.into_inner().map_err(|_| None)?;
     writer.flush().map_err(|_| None)
 }
 
-type TarOut = tar::Builder<ChunkWriter>;
+type TarOut<'a> = tar::Builder<ChunkWriter<'a>>;
 
 fn append(tar: &mut TarOut, name: &str, size: u64, data: impl Read) -> io::Result<()> {
     let mut header = tar::Header::new_gnu();
@@ -421,38 +456,64 @@ fn append(tar: &mut TarOut, name: &str, size: u64, data: impl Read) -> io::Resul
     tar.append_data(&mut header, name, data)
 }
 
-/// Stream `path` into the tar, a read buffer at a time.
-fn append_file(tar: &mut TarOut, name: &str, path: &Path) -> Written {
-    let unreadable =
-        |e: io::Error| Some(anyhow::Error::new(e).context(format!("reading {}", path.display())));
-    let file = File::open(path).map_err(unreadable)?;
-    let size = file.metadata().map_err(unreadable)?.len();
-    let mut data = file.take(size);
+/// Stream the blob at `path` into the tar, a read buffer at a time.
+fn append_file(tar: &mut TarOut, name: &str, path: &Path, blobs: &dyn Blobs) -> Written {
+    let written = append_blob(tar, name, path, blobs);
+    if written.is_err() {
+        // Nothing more goes to the engine, not even the tar's end that dropping the builder
+        // writes: the body must end with an error, never look complete.
+        tar.get_mut().poisoned = true;
+    }
+    written
+}
+
+fn append_blob(tar: &mut TarOut, name: &str, path: &Path, blobs: &dyn Blobs) -> Written {
+    let unreadable = |e: io::Error| {
+        Some(match super::copy::from_io(e) {
+            Ok(ours) => anyhow::Error::new(ours),
+            Err(e) => anyhow::Error::new(e).context(format!("reading {}", path.display())),
+        })
+    };
+    let mut blob = blobs.open(path).map_err(unreadable)?;
+    let size = blob.size();
+    let mut data = (&mut *blob).take(size);
     let appended = append(tar, name, size, &mut data);
     if tar.get_ref().closed {
         return Err(None);
     }
+    if let Some(cancelled) = tar.get_mut().cancelled.take() {
+        return Err(Some(anyhow::Error::new(cancelled)));
+    }
     appended.map_err(unreadable)?;
     // The header promised `size` bytes: a file that shrank while read cut the entry short.
-    match data.limit() {
-        0 => Ok(()),
-        short => Err(unreadable(io::Error::new(
+    if let short @ 1.. = data.limit() {
+        return Err(unreadable(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("the file ended {short} bytes short of its size"),
-        ))),
+        )));
     }
+    // Before the next entry or the tar's end: a blob copied on the way is verified here.
+    blob.done().map_err(unreadable)
 }
 
 /// Sends the tar in `CHUNK`-sized pieces; blocks while the engine is behind.
-struct ChunkWriter {
+struct ChunkWriter<'a> {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
     /// The body was dropped: errors from here on are not the files' fault.
     closed: bool,
+    cancel: &'a Cancel,
+    /// Set when the other half of the install failed: the reason the tar stopped.
+    cancelled: Option<crate::Error>,
+    /// A blob failed: nothing more is sent.
+    poisoned: bool,
 }
 
-impl Write for ChunkWriter {
+impl Write for ChunkWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::other("a blob of the image failed"));
+        }
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == CHUNK {
@@ -462,8 +523,16 @@ impl Write for ChunkWriter {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other("a blob of the image failed"));
+        }
         if self.buf.is_empty() {
             return Ok(());
+        }
+        let _unit = crate::failpoint::unit();
+        if let Err(e) = self.cancel.check("loading an image") {
+            self.cancelled = Some(e);
+            return Err(io::Error::other("cancelled"));
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {

@@ -4,7 +4,8 @@
 //!
 //! - [`content`]: an app's manifest chain, verified blob by blob;
 //! - [`store`]: blobs copied from the bundle into the device's store, hashed while copied;
-//! - [`docker`]: the engine API (image load from store blobs, containers, health);
+//! - [`copy`]: one blob's copy, driven by the store or read by an image load;
+//! - [`docker`]: the engine API (image load from blobs, containers, health);
 //! - [`compose`]: compose files (services and pinned images) and the compose CLI;
 //! - [`archive`]: safe extraction of an app's compose archive into its project directory;
 //! - [`previous`]: the record of the apps that ran before, for a rollback;
@@ -16,6 +17,7 @@
 pub mod archive;
 pub mod compose;
 pub mod content;
+mod copy;
 pub mod docker;
 pub mod health;
 pub mod previous;
@@ -27,12 +29,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::core::bundle::{valid_name, Bundle};
 use crate::config::{Config, Pacman};
+use crate::core::bundle::{valid_name, Bundle};
 use crate::error::{Code, Error, Result};
+use crate::overlap::Cancel;
 use crate::policy::AppsPolicy;
 use compose::Cli;
 use content::App;
+use copy::{blobs_on_load, Blobs, StoreFiles, Tee};
 use docker::{Engine, ImageToLoad};
 use previous::Record;
 use store::{FetchProgress, FetchStats, Store};
@@ -75,6 +79,8 @@ pub struct Prepared {
     pub apps: usize,
     pub fetch: FetchStats,
     pub images_loaded: usize,
+    /// The ids of the images loaded (the engine had none of them): what [`undo`] removes.
+    pub loaded: Vec<String>,
 }
 
 /// `install`'s share: verify the target's apps on the stick down to every blob, check their
@@ -87,7 +93,9 @@ pub fn prepare(
     target_apps: &BTreeMap<String, String>,
     running_apps: &BTreeMap<String, String>,
     progress: &(dyn Fn(FetchProgress) + Sync),
+    cancel: &Cancel,
 ) -> Result<Prepared> {
+    let prologue = crate::failpoint::unit();
     let engine = Engine::connect()?;
     let verify = crate::phase::start("verify");
     let apps = target_apps
@@ -99,23 +107,100 @@ pub fn prepare(
         check_archive(bundle, app, &std::env::temp_dir())?;
     }
     verify.done();
+    drop(prologue);
     let copy = crate::phase::start("blob-copy");
     let store = Store::new(&cfg.pacman.reset_apps_root);
-    let fetch = store.fetch(bundle, &apps, policy.parallel_copies, progress)?;
+    // The blobs of the images the engine lacks are copied into the store by the load, as
+    // it reads them: the stick is read once. The others are copied now.
+    let on_load = blobs_on_load(&engine, &store, &apps)?;
+    let skip = on_load.values().map(|b| b.digest.clone()).collect();
+    let later: u64 = on_load.values().filter_map(|b| b.size).sum();
+    let fetch_progress = |p: FetchProgress| {
+        progress(FetchProgress {
+            done: p.done,
+            total: p.total + later,
+        })
+    };
+    let fetch = store.fetch(
+        bundle,
+        &apps,
+        &skip,
+        policy.parallel_copies,
+        &fetch_progress,
+        cancel,
+    )?;
     copy.done();
-    crate::failpoint::hit("install-apps-fetched");
-    let load = crate::phase::start("image-load");
-    let images_loaded = load_images(&engine, &store, &apps)?;
-    load.done();
-    crate::failpoint::hit("install-images-loaded");
-    // Copying and loading change no container: the record still says what runs now.
-    previous::take(&cfg.pacman, &engine, running_apps, &state_dir)?;
-    crate::failpoint::hit("install-previous-apps-recorded");
-    Ok(Prepared {
+    let mut prepared = Prepared {
         apps: apps.len(),
         fetch,
-        images_loaded,
-    })
+        images_loaded: 0,
+        loaded: Vec::new(),
+    };
+    let load = crate::phase::start("image-load");
+    let before = prepared.fetch.bytes;
+    let through = Tee::new(
+        &store,
+        bundle,
+        on_load,
+        cancel,
+        progress,
+        (before, before + later),
+    );
+    let loaded = load_images(
+        &engine,
+        &store,
+        &apps,
+        cancel,
+        &mut prepared.loaded,
+        &through,
+    )
+    .and_then(|n| through.rest().map(|()| n));
+    // What the load copied is the fetch's too (for the summary, and for undo).
+    for (hex, bytes) in through.into_copied() {
+        prepared.fetch.added.push(hex);
+        prepared.fetch.copied += 1;
+        prepared.fetch.bytes += bytes;
+    }
+    let recorded = loaded.and_then(|n| {
+        prepared.images_loaded = n;
+        load.done();
+        crate::failpoint::hit("install-images-loaded");
+        cancel.check("recording the apps that run")?;
+        let _unit = crate::failpoint::unit();
+        store.record_versions(&apps, &mut prepared.fetch)?;
+        // Every blob and app version is in the store now.
+        crate::failpoint::hit("install-apps-fetched");
+        // Copying and loading change no container: the record still says what runs now.
+        previous::take(&cfg.pacman, &engine, running_apps, &state_dir)
+    });
+    if let Err(e) = recorded {
+        undo_with(&engine, &store, &prepared);
+        return Err(e);
+    }
+    crate::failpoint::hit("install-previous-apps-recorded");
+    Ok(prepared)
+}
+
+/// Take back what [`prepare`] did (the other half of the install failed after it): the
+/// images it loaded and the blobs and app versions it added. Best effort, logged.
+pub fn undo(cfg: &Config, prepared: &Prepared) {
+    let store = Store::new(&cfg.pacman.reset_apps_root);
+    match Engine::connect() {
+        Ok(engine) => undo_with(&engine, &store, prepared),
+        Err(e) => {
+            tracing::warn!("the images loaded stay: {}", e.one_line());
+            store.undo(&prepared.fetch);
+        }
+    }
+}
+
+fn undo_with(engine: &Engine, store: &Store, prepared: &Prepared) {
+    for id in &prepared.loaded {
+        if let Err(e) = engine.remove_image(id) {
+            tracing::warn!("removing image {id}: {}", e.one_line());
+        }
+    }
+    store.undo(&prepared.fetch);
 }
 
 /// Unpack the archive once into a scratch directory, so a hostile one is refused by
@@ -142,11 +227,20 @@ fn check_archive(bundle: &Bundle, app: &App, scratch_in: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load every image of `apps` the engine lacks, from the store's blobs; tag the others.
-fn load_images(engine: &Engine, store: &Store, apps: &[App]) -> Result<usize> {
+/// Load every image of `apps` the engine lacks, its blobs read through `blobs`; tag the
+/// others. The ids of those loaded go into `ids`.
+fn load_images(
+    engine: &Engine,
+    store: &Store,
+    apps: &[App],
+    cancel: &Cancel,
+    ids: &mut Vec<String>,
+    blobs: &dyn Blobs,
+) -> Result<usize> {
     let mut seen = BTreeSet::new();
     let mut loaded = 0;
     for image in apps.iter().flat_map(|a| &a.images) {
+        cancel.check(&format!("loading image {}", image.tag()))?;
         // Two repos can hold the same image (same config): loaded once, tagged for each.
         if !seen.insert(image.tag()) {
             continue;
@@ -155,17 +249,30 @@ fn load_images(engine: &Engine, store: &Store, apps: &[App]) -> Result<usize> {
             engine.tag(&image.id(), &image.tag())?;
             continue;
         }
+        // Before the first byte of the image is read (from the stick, when the load copies).
         crate::failpoint::pause("load-image");
-        engine.load(&ImageToLoad {
-            tag: image.tag(),
-            config_digest: image.config.digest.clone(),
-            config: store.blob_path(&image.config.digest),
-            layers: image
-                .layers
-                .iter()
-                .map(|l| store.blob_path(&l.digest))
-                .collect(),
-        })?;
+        let outcome = engine.load_beside(
+            &ImageToLoad {
+                tag: image.tag(),
+                config_digest: image.config.digest.clone(),
+                config: store.blob_path(&image.config.digest),
+                layers: image
+                    .layers
+                    .iter()
+                    .map(|l| store.blob_path(&l.digest))
+                    .collect(),
+            },
+            cancel,
+            blobs,
+        );
+        if let Err(e) = outcome {
+            // Should the engine have kept anything of a failed load, it goes on undo.
+            if engine.has_image(&image.id()).unwrap_or(false) {
+                ids.push(image.id());
+            }
+            return Err(e);
+        }
+        ids.push(image.id());
         loaded += 1;
     }
     Ok(loaded)
@@ -257,7 +364,8 @@ pub fn start(
             Err(e) => return Ok(Err(format!("app {name}: {}", e.one_line()))),
         }
     }
-    if let Err(e) = load_images(&engine, &store, &apps) {
+    let never = Cancel::never();
+    if let Err(e) = load_images(&engine, &store, &apps, never, &mut Vec::new(), &StoreFiles) {
         return infra(e);
     }
     let keep: BTreeSet<&str> = target_apps.keys().map(String::as_str).collect();
@@ -313,7 +421,9 @@ pub(crate) fn restore(cfg: &Config, policy: &AppsPolicy, record: &Record) -> Res
             .and_then(|uri| content::resolve(&store, &rec.name, uri).ok());
         let (dir, services) = match from_store {
             Some(app) => {
-                if let Err(e) = load_images(&engine, &store, std::slice::from_ref(&app)) {
+                let one = std::slice::from_ref(&app);
+                let (never, ids) = (Cancel::never(), &mut Vec::new());
+                if let Err(e) = load_images(&engine, &store, one, never, ids, &StoreFiles) {
                     return infra(e);
                 }
                 match install_project(&cfg.pacman, &store, &app) {

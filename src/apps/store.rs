@@ -4,11 +4,12 @@
 //!
 //! Blobs come from the stick hashed while copied, into a `.partial` file that is renamed into
 //! place only once its digest matched: a blob in the store is whole and verified, a partial
-//! one never carries a blob's name. Several blobs are copied at once.
+//! one never carries a blob's name ([`super::copy`]). The fetch copies several blobs at once;
+//! the blobs of the images to load are copied by the load instead, as it reads them.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,12 +17,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use sha2::{Digest, Sha256};
 
 use super::content::{App, Blob, BlobSource};
+use super::copy::BlobCopy;
 use crate::error::{Code, Error, OrCode, Result};
+use crate::overlap::Cancel;
 
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 pub struct Store {
     root: PathBuf,
@@ -30,6 +32,15 @@ pub struct Store {
 /// What [`Store::fetch`] did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct FetchStats {
+    /// The blobs this fetch put in the store, and the app versions it recorded that were
+    /// not there before: what [`Store::undo`] takes back.
+    #[serde(skip)]
+    pub added: Vec<String>,
+    #[serde(skip)]
+    pub new_versions: Vec<PathBuf>,
+    /// The store's directories this fetch created (only empty ones go on undo).
+    #[serde(skip)]
+    pub created: Vec<PathBuf>,
     pub copied: usize,
     pub skipped: usize,
     pub bytes: u64,
@@ -64,25 +75,45 @@ impl Store {
 
     /// Is the blob in the store with the expected size? Blobs only get their name once
     /// verified, so presence with the right size is enough.
-    fn has(&self, blob: &Blob) -> bool {
+    pub(crate) fn has(&self, blob: &Blob) -> bool {
         match fs::symlink_metadata(self.blob_path(&blob.digest)) {
             Ok(m) => m.is_file() && blob.size.is_none_or(|s| s == m.len()),
             Err(_) => false,
         }
     }
 
-    /// Copy every blob of `apps` that the store lacks from `src`, `parallel` at a time, then
-    /// record each app version. A blob whose bytes do not match its digest fails the fetch
-    /// (50), ENOSPC gives 60; either way the blobs this fetch added are removed again, so
-    /// a failed install leaves the store as it found it.
+    /// Copy every blob of `apps` that the store lacks from `src`, `parallel` at a time, but
+    /// those in `on_load`: the image load copies them as it reads them (they are looked up
+    /// here all the same). A blob whose bytes do not match its digest fails the fetch (50),
+    /// ENOSPC gives 60; either way the blobs this fetch added are removed again, so a
+    /// failed install leaves the store as it found it. The app versions are recorded by
+    /// [`Store::record_versions`] once every blob is in.
     pub(crate) fn fetch(
         &self,
         src: &dyn BlobSource,
         apps: &[App],
+        on_load: &BTreeSet<String>,
         parallel: usize,
         progress: &(dyn Fn(FetchProgress) + Sync),
+        cancel: &Cancel,
     ) -> Result<FetchStats> {
         let start = Instant::now();
+        let all: BTreeSet<Blob> = apps.iter().flat_map(App::blobs).collect();
+        let missing: Vec<Blob> = all.iter().filter(|b| !self.has(b)).cloned().collect();
+        // Every blob is looked up before the first byte is copied: a bundle that lacks one
+        // is refused (8) with the store untouched, and one that is gone later is the medium
+        // failing (50), whatever errno its filesystem gives for a lookup on a pulled stick.
+        for blob in &missing {
+            if src.open_blob(&blob.digest)?.is_none() {
+                return Err(Error::content_missing(format!(
+                    "blob {} is not in {}",
+                    blob.digest,
+                    src.describe()
+                )));
+            }
+        }
+        // Fault tests take a blob away here: found, not yet opened for the copy.
+        crate::failpoint::pause("blobs-found");
         let dir = self.blobs_dir();
         // Directories this fetch creates go again if it fails.
         let created: Vec<PathBuf> = [self.root.clone(), self.root.join("blobs"), dir.clone()]
@@ -92,10 +123,12 @@ impl Store {
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating {}", dir.display()))
             .map_err(|e| space_or(e, Code::Internal))?;
-        let all: BTreeSet<Blob> = apps.iter().flat_map(App::blobs).collect();
-        let mut todo: Vec<Blob> = all.iter().filter(|b| !self.has(b)).cloned().collect();
+        let skipped = all.len() - missing.len();
+        let mut todo: Vec<Blob> = (missing.into_iter())
+            .filter(|b| !on_load.contains(&b.digest))
+            .collect();
         let mut stats = FetchStats {
-            skipped: all.len() - todo.len(),
+            skipped,
             copied: todo.len(),
             ..FetchStats::default()
         };
@@ -107,9 +140,11 @@ impl Store {
         let failed = AtomicBool::new(false);
         let added: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let stream = crate::failpoint::current();
         std::thread::scope(|s| {
             for _ in 0..parallel.max(1) {
                 s.spawn(|| loop {
+                    let _worker = crate::failpoint::join(stream);
                     if failed.load(Ordering::Relaxed) {
                         return;
                     }
@@ -123,7 +158,7 @@ impl Store {
                             total: total.max(d),
                         });
                     };
-                    match self.copy_blob(src, &blob, &failed, &tick) {
+                    match self.copy_blob(src, &blob, &failed, cancel, &tick) {
                         Ok(()) => {
                             if let Ok(mut a) = added.lock() {
                                 a.push(blob.digest.clone());
@@ -149,13 +184,52 @@ impl Store {
             }
             return Err(e);
         }
-        sync_dir(&dir)?;
-        for app in apps {
-            self.record(app)?;
-        }
+        stats.added = added.into_inner().unwrap_or_default();
+        stats.created = created;
         stats.bytes = done.into_inner();
         stats.seconds = start.elapsed().as_secs_f64();
         Ok(stats)
+    }
+
+    /// Once every blob of `apps` is in: the blobs' directory synced, then each app version
+    /// recorded (the new ones noted in `stats` for [`Store::undo`]).
+    pub(crate) fn record_versions(&self, apps: &[App], stats: &mut FetchStats) -> Result<()> {
+        sync_dir(&self.blobs_dir())?;
+        for app in apps {
+            let version = self.app_dir(&app.name, &app.digest);
+            if !version.exists() {
+                stats.new_versions.push(version);
+            }
+            self.record(app)?;
+        }
+        Ok(())
+    }
+
+    /// Take back what a fetch did (its blobs, the app versions it recorded): the install
+    /// failed after it. Best effort: what cannot be removed is logged.
+    pub fn undo(&self, stats: &FetchStats) {
+        for hex in &stats.added {
+            let path = self.blob_path(hex);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        }
+        for dir in &stats.new_versions {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+            // The app's directory, if this was its only version.
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        if stats.created.contains(&self.root) {
+            let _ = fs::remove_dir(self.root.join("apps"));
+        }
+        // remove_dir refuses the directories that are not empty.
+        for dir in stats.created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 
     fn copy_blob(
@@ -163,82 +237,19 @@ impl Store {
         src: &dyn BlobSource,
         blob: &Blob,
         stop: &AtomicBool,
-        tick: &dyn Fn(u64),
+        cancel: &Cancel,
+        tick: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
-        let hex = &blob.digest;
-        let Some((mut from, len)) = src.open_blob(hex)? else {
-            return Err(Error::content_missing(format!(
-                "blob {hex} is not in {}",
-                src.describe()
-            )));
+        let stopped = || {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::copy(format!(
+                    "blob {}: stopped: another copy failed",
+                    blob.digest
+                )));
+            }
+            Ok(())
         };
-        if let Some(size) = blob.size.filter(|s| *s != len) {
-            return Err(Error::copy(format!(
-                "blob {hex} in {} has {len} bytes, its descriptor says {size}",
-                src.describe()
-            )));
-        }
-        crate::failpoint::pause("copy-blob");
-        let partial = self.blobs_dir().join(format!(".{hex}.partial"));
-        let result = (|| {
-            let mut to = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc_o_nofollow())
-                .open(&partial)
-                .or_internal(format!("creating {}", partial.display()))?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; CHUNK];
-            let mut copied = 0u64;
-            loop {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(Error::copy(format!(
-                        "blob {hex}: stopped: another copy failed"
-                    )));
-                }
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(Error::copy(format!(
-                            "reading blob {hex} from {}: {e}",
-                            src.describe()
-                        )))
-                    }
-                };
-                hasher.update(&buf[..n]);
-                to.write_all(&buf[..n])
-                    .or_internal(format!("writing {}", partial.display()))?;
-                copied += n as u64;
-                crate::watchdog::beat();
-                tick(n as u64);
-            }
-            if copied != len {
-                return Err(Error::copy(format!(
-                    "blob {hex} in {}: {copied} of {len} bytes read (truncated or removed)",
-                    src.describe()
-                )));
-            }
-            if hex::encode(hasher.finalize()) != *hex {
-                return Err(Error::copy(format!(
-                    "blob {hex} in {} does not match its digest",
-                    src.describe()
-                )));
-            }
-            to.sync_all()
-                .or_internal(format!("syncing {}", partial.display()))?;
-            fs::rename(&partial, self.blob_path(hex))
-                .or_internal(format!("renaming {}", partial.display()))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&partial);
-        }
-        if result.is_ok() {
-            crate::failpoint::hit("install-blob-copied");
-        }
-        result
+        BlobCopy::start(self, src, blob, cancel, tick)?.complete(&stopped)
     }
 
     /// `apps/<name>/<hex>/{uri,manifest.json}`: how composectl and aktualizr-lite find an

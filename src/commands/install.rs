@@ -1,7 +1,7 @@
 //! `usb-update install`: `check`'s verdict, then (Compose devices) the target's apps copied
-//! into the store and their images loaded, then the rootfs from the bundle deployed as the
-//! next boot's default (or, for apps only, nothing deployed), the pending installation
-//! recorded for `run`.
+//! into the store and their images loaded while the rootfs is pulled beside them
+//! ([`crate::overlap`]), then the rootfs deployed as the next boot's default (or, for apps
+//! only, nothing pulled or deployed), the pending installation recorded for `run`.
 //!
 //! Every step can be re-run after a power cut at any instant: blobs already in the store and
 //! images already loaded are skipped, the pull skips what the repo has, the deployment of a
@@ -14,11 +14,12 @@ use crate::apps;
 use crate::bootloader::{self, BootEnv};
 use crate::config::PackageManager;
 use crate::core::context::{Loaded, Records};
-use crate::error::{Code, Error, Result};
 use crate::core::evaluate::{self, Plan, Report, Request};
+use crate::error::{Code, Error, Result};
 use crate::failpoint;
 use crate::lock::UpdateLock;
 use crate::ostree;
+use crate::overlap::{self, Cancel};
 use crate::phase;
 use crate::state::{InstalledTarget, Pending, Phase, State};
 
@@ -132,39 +133,95 @@ fn apply(
     let rollback_deployment = ostree::booted(pacman)?.map(|d| d.csum);
     let compose = pacman.kind == PackageManager::OstreeComposeApps;
     let download = Step::start(hooks, &target.name, "download");
-    let apps_note = if compose {
+    let scanned;
+    let rootfs = match &plan.rootfs {
+        _ if plan.code == Code::AppsNeedRestart => None,
+        Some(r) => Some(r),
+        None => {
+            scanned = ostree::scan_bundle_commit(pacman, &plan.bundle, &target.ostree)?;
+            Some(&scanned)
+        }
+    };
+    let prepare_apps = |cancel: &Cancel| -> Result<Option<apps::Prepared>> {
+        if !compose {
+            return Ok(None);
+        }
         let running_apps = running.as_ref().map(|r| r.apps.clone()).unwrap_or_default();
-        let prepared = apps::prepare(
-            &plan.config,
+        let tick = |p: apps::store::FetchProgress| {
+            tracing::info!(
+                done = p.done,
+                of = p.total,
+                "copying apps of {}: {}%",
+                target.name,
+                (p.done * 100).checked_div(p.total).unwrap_or(100)
+            );
+            if let Some(sink) = progress {
+                sink.report("copying the apps", p.done, p.total);
+            }
+        };
+        let config = &plan.config;
+        apps::prepare(
+            config,
             &plan.policy.apps,
             &plan.bundle,
             &target.apps,
             &running_apps,
-            &|p| {
+            &tick,
+            cancel,
+        )
+        .map(Some)
+    };
+    let pull_rootfs = |rootfs: &ostree::RootfsPlan, side: &overlap::Side| {
+        let pull = phase::start("pull");
+        let stats = ostree::pull_beside(
+            pacman,
+            &plan.bundle,
+            rootfs,
+            &mut |p| {
                 tracing::info!(
-                    done = p.done,
-                    of = p.total,
-                    "copying apps of {}: {}%",
+                    objects = p.objects_done,
+                    of = p.objects_total,
+                    "pulling {}: {}%",
                     target.name,
-                    (p.done * 100).checked_div(p.total).unwrap_or(100)
+                    p.percent()
                 );
                 if let Some(sink) = progress {
-                    sink.report("copying the apps", p.done, p.total);
+                    sink.report("copying the rootfs", p.objects_done, p.objects_total);
                 }
             },
+            side,
         )?;
-        format!(
+        tracing::info!(?stats, "pulled {}", target.ostree);
+        pull.done();
+        Ok(stats)
+    };
+    // The two halves at once when there are two: each stops when the other fails.
+    let (prepared, stats) = match rootfs {
+        None => (prepare_apps(Cancel::never())?, None),
+        Some(rootfs) if compose => {
+            let undo = |p: Option<apps::Prepared>| {
+                if let Some(p) = p {
+                    apps::undo(&plan.config, &p);
+                }
+            };
+            let pulled = |side: &overlap::Side| pull_rootfs(rootfs, side);
+            let (a, r) = overlap::run(prepare_apps, pulled, undo)?;
+            (a, Some(r))
+        }
+        Some(rootfs) => (None, Some(pull_rootfs(rootfs, &overlap::Side::alone())?)),
+    };
+    let apps_note = match &prepared {
+        Some(prepared) => format!(
             "; {} app(s): {} blob(s), {:.1} MB copied, {} already present, {} image(s) loaded",
             prepared.apps,
             prepared.fetch.copied,
             prepared.fetch.bytes as f64 / 1e6,
             prepared.fetch.skipped,
             prepared.images_loaded
-        )
-    } else {
-        String::new()
+        ),
+        None => String::new(),
     };
-    if plan.code == Code::AppsNeedRestart {
+    let Some(stats) = stats else {
         download.finish("OK");
         let step = Step::start(hooks, &target.name, "install");
         let recorded = record_apps_only(
@@ -179,36 +236,18 @@ fn apply(
             step.finish("NEEDS_COMPLETION");
         }
         return recorded;
-    }
-
-    let pull = phase::start("pull");
-    let scanned;
-    let rootfs = match &plan.rootfs {
-        Some(r) => r,
-        None => {
-            scanned = ostree::scan_bundle_commit(pacman, &plan.bundle, &target.ostree)?;
-            &scanned
-        }
     };
-    let stats = ostree::pull_from_bundle(pacman, &plan.bundle, rootfs, &mut |p| {
-        tracing::info!(
-            objects = p.objects_done,
-            of = p.objects_total,
-            "pulling {}: {}%",
-            target.name,
-            p.percent()
-        );
-        if let Some(sink) = progress {
-            sink.report("copying the rootfs", p.objects_done, p.objects_total);
-        }
-    })?;
-    tracing::info!(?stats, "pulled {}", target.ostree);
-    pull.done();
     // Boot firmware rollback protection reads the target's version file: the commit must
     // be here first, and nothing is deployed or armed yet when it refuses.
     let version_txt = ostree::commit_file(pacman, &target.ostree, bootloader::VERSION_FILE)?;
     if let Some(reason) = bootenv.firmware_downgrade(version_txt.as_deref())? {
-        return Err(Error::new(Code::Downgrade, format!("{}: {reason}", target.name)));
+        if let Some(p) = &prepared {
+            apps::undo(&plan.config, p);
+        }
+        return Err(Error::new(
+            Code::Downgrade,
+            format!("{}: {reason}", target.name),
+        ));
     }
     download.finish("OK");
     failpoint::hit("install-pulled");

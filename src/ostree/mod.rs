@@ -5,14 +5,17 @@
 //! the one named by the simulation files (`simulated`, see docs/architecture.md: a test
 //! double for the reboot and the bootloader, active only when configured).
 //!
-//! - [`scan_bundle_commit`] ([`stick_repo`]): the bundle's repo, checked and walked by us;
+//! - [`scan_bundle_commit`] ([`tree_walk`] over [`stick_repo`]): the bundle's repo, checked
+//!   and walked by us;
 //! - [`pull_from_bundle`] ([`pull`]): the commit from the stick into the sysroot repo;
 //! - [`deploy`], [`make_default`], [`remove_deployment`], [`cleanup`]: the deployment list,
 //!   each under the sysroot lock, as aktualizr(-lite) manipulates it;
 //! - [`deployments`], [`booted`], [`booted_commit`], [`boot_id`]: what the device runs;
 
+mod import;
 mod pull;
 mod stick_repo;
+mod tree_walk;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,11 +27,28 @@ use ostree::{gio, glib};
 use crate::config::{BootedMode, Pacman};
 use crate::error::{Code, Error};
 
+pub use pull::pull_beside;
+#[cfg(feature = "internals")]
 pub use pull::pull_from_bundle;
 #[cfg(feature = "internals")]
 pub use pull::{PullProgress, PullStats};
-pub use stick_repo::scan_bundle_commit;
-pub(crate) use stick_repo::RootfsPlan;
+pub use tree_walk::scan_bundle_commit;
+pub(crate) use tree_walk::RootfsPlan;
+
+/// Whether the repo has `commit` with its whole tree (not a partial or commit-only pull).
+/// `name` is the repo's path for messages (libostree only knows the sysroot repo by fd).
+fn commit_complete(repo: &ostree::Repo, name: &Path, commit: &str) -> anyhow::Result<bool> {
+    let has = repo
+        .has_object(ostree::ObjectType::Commit, commit, gio::Cancellable::NONE)
+        .with_context(|| format!("looking up commit {commit} in {}", name.display()))?;
+    if !has {
+        return Ok(false);
+    }
+    let (_, state) = repo
+        .load_commit(commit)
+        .with_context(|| format!("loading commit {commit} from {}", name.display()))?;
+    Ok(!state.intersects(ostree::RepoCommitState::PARTIAL | ostree::RepoCommitState::FSCK_PARTIAL))
+}
 
 /// Directory of the simulated-boot files, relative to the sysroot.
 pub const SIM_DIR: &str = ".usb-update-sim";
@@ -297,7 +317,7 @@ pub fn deploy(pacman: &Pacman, commit: &str) -> crate::Result<DeploymentInfo> {
         .load(gio::Cancellable::NONE)
         .with_context(|| format!("loading the OSTree sysroot at {}", root.display()))?;
     let repo = sysroot.repo();
-    if !pull::commit_complete(&repo, &root.join("ostree/repo"), commit)? {
+    if !commit_complete(&repo, &root.join("ostree/repo"), commit)? {
         return Err(anyhow::anyhow!(
             "commit {commit} is not (completely) in the repo of {}: pull it first",
             root.display()
@@ -531,7 +551,11 @@ fn load_commit(pacman: &Pacman, commit: &str) -> anyhow::Result<Option<glib::Var
 /// A small text file of `commit` in the sysroot's repository (the commit is pulled, so its
 /// content is verified), `None` when the commit has no such file. Capped: the file comes
 /// from a stick, and only a few lines are ever expected.
-pub(crate) fn commit_file(pacman: &Pacman, commit: &str, path: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn commit_file(
+    pacman: &Pacman,
+    commit: &str,
+    path: &str,
+) -> anyhow::Result<Option<String>> {
     const CAP: i64 = 64 * 1024;
     let what = || format!("{path} in commit {commit} of {}", pacman.sysroot.display());
     let sysroot = open_sysroot(&pacman.sysroot)?;
@@ -555,7 +579,9 @@ pub(crate) fn commit_file(pacman: &Pacman, commit: &str, path: &str) -> anyhow::
     if info.size() > CAP {
         anyhow::bail!("{} is {} bytes, over {CAP}", what(), info.size());
     }
-    let (bytes, _) = file.load_contents(gio::Cancellable::NONE).with_context(what)?;
+    let (bytes, _) = file
+        .load_contents(gio::Cancellable::NONE)
+        .with_context(what)?;
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 

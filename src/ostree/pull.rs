@@ -3,46 +3,48 @@
 //! libostree does not open the stick at all.
 //!
 //! Every object is verified by libostree as it is written: the expected checksum comes from
-//! the commit's tree, which [`super::scan_bundle_commit`] walked from the TUF-signed commit
-//! id over metadata it verified itself. Content objects are inflated by us, bounded by
-//! their own declared size (libostree writes no more than that), and the declared sizes are
-//! bounded before a byte is inflated: by the commit's `ostree.sizes` index when it has one,
-//! and always by the free space of the sysroot's filesystem, keeping [`MARGIN_PERCENT`] %
-//! of it free, per object and for the pull as a whole. A decompression bomb costs the
-//! device at most that, and only until the transaction is aborted.
+//! the commit's tree, which [`super::tree_walk`] walks from the TUF-signed commit id over
+//! metadata it verifies itself. One thread walks the tree and writes the directory objects;
+//! [`workers`] threads inflate and write the content objects it hands them ([`super::import`]),
+//! as libostree's own pull writes from a pool: on a device the work is CPU (inflate,
+//! checksum) as much as I/O. The declared sizes are bounded before a byte is inflated: by
+//! the commit's `ostree.sizes` index when it has one, and always by the free space of the
+//! sysroot's filesystem, keeping [`super::import::MARGIN_PERCENT`] % of it free, per object and for the
+//! pull as a whole. A decompression bomb costs the device at most that, and only until the
+//! transaction is aborted.
 //!
 //! Everything goes into one repo transaction: on any failure it is aborted and its staging
 //! directory removed, so a full disk or a corrupted object leaves the repo as it was; the
-//! commit object is written last, so nothing names the commit until its tree is whole.
-//! Failures name the object and the class of failure (missing, not a regular file, does not
-//! match its checksum, the medium failed, no space), never libostree's own text.
+//! commit object is written last, once every other object is, so nothing names the commit
+//! until its tree is whole. Failures name the object and the class of failure (missing, not
+//! a regular file, does not match its checksum, the medium failed, no space), never
+//! libostree's own text.
 
 use std::fs;
-use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ostree::gio::prelude::*;
-use ostree::{gio, glib};
+use ostree::gio;
 use sha2::Digest as _;
 
-use super::stick_repo::{self, object_rel, FileObj, Obj, RootfsPlan, StickRepo};
-use super::{is_commit_checksum, is_no_space, open_sysroot, SysrootLock};
-use crate::core::bundle::Bundle;
+use super::import::{Budget, Import};
+use super::stick_repo::{Obj, StickRepo};
+use super::tree_walk::{lacks, FileObj, RootfsPlan, Step, TreeWalk};
+use super::{commit_complete, is_commit_checksum, open_sysroot, SysrootLock};
 use crate::config::Pacman;
-use crate::error::{Code, Error};
-use crate::hostile_fs::{io_problem, Problem, Refused};
+use crate::core::bundle::Bundle;
+use crate::error::Error;
+use crate::overlap::Side;
 
 /// How often progress is reported while copying.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-/// The share of the sysroot's filesystem a pull leaves free (libostree's own default
-/// reserve, `min-free-space-percent`).
-pub(crate) const MARGIN_PERCENT: u64 = 3;
-/// Largest header of a content object (owner, mode, symlink target, xattrs).
-const FILE_HEADER_CAP: u64 = 1 << 20;
+/// Content objects handed to the workers ahead of them: enough to keep them busy, few
+/// enough that the queue costs nothing.
+const QUEUE: usize = 64;
 
 /// Where a pull is: objects and their bytes on the stick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -76,25 +78,6 @@ pub struct PullStats {
     pub seconds: f64,
 }
 
-/// Whether the repo has `commit` with its whole tree (not a partial or commit-only pull).
-/// `name` is the repo's path for messages (libostree only knows the sysroot repo by fd).
-pub(super) fn commit_complete(
-    repo: &ostree::Repo,
-    name: &Path,
-    commit: &str,
-) -> anyhow::Result<bool> {
-    let has = repo
-        .has_object(ostree::ObjectType::Commit, commit, gio::Cancellable::NONE)
-        .with_context(|| format!("looking up commit {commit} in {}", name.display()))?;
-    if !has {
-        return Ok(false);
-    }
-    let (_, state) = repo
-        .load_commit(commit)
-        .with_context(|| format!("loading commit {commit} from {}", name.display()))?;
-    Ok(!state.intersects(ostree::RepoCommitState::PARTIAL | ostree::RepoCommitState::FSCK_PARTIAL))
-}
-
 /// The commit object in `repo` hashes to its name: the last check that the sysroot holds
 /// exactly the TUF target, independent of how it got there.
 fn verify_commit_checksum(repo: &ostree::Repo, name: &Path, commit: &str) -> anyhow::Result<()> {
@@ -121,12 +104,27 @@ fn verify_commit_checksum(repo: &ostree::Repo, name: &Path, commit: &str) -> any
 /// match its checksum or its declared size, or the medium failing, is [`Code::Copy`] (50).
 /// In all of these the sysroot repo is left as it was. Failing to open the sysroot is an
 /// internal error (1).
+#[cfg(any(test, feature = "internals"))]
 pub fn pull_from_bundle(
     pacman: &Pacman,
     bundle: &Bundle,
     plan: &RootfsPlan,
     progress: &mut dyn FnMut(PullProgress),
 ) -> crate::Result<PullStats> {
+    pull_beside(pacman, bundle, plan, progress, &Side::alone())
+}
+
+/// [`pull_from_bundle`] beside the apps ([`crate::overlap`]): stopped between two objects
+/// once `side` is cancelled, and the transaction committed only if `side` goes ahead;
+/// either way aborted, nothing left.
+pub fn pull_beside(
+    pacman: &Pacman,
+    bundle: &Bundle,
+    plan: &RootfsPlan,
+    progress: &mut dyn FnMut(PullProgress),
+    side: &Side,
+) -> crate::Result<PullStats> {
+    let prologue = crate::failpoint::unit();
     let commit = plan.commit.as_str();
     if !is_commit_checksum(commit) {
         return Err(anyhow::anyhow!("{commit:?} is not an OSTree commit checksum").into());
@@ -177,46 +175,58 @@ pub fn pull_from_bundle(
     tracing::info!(
         "pulling commit {commit}: {} content objects ({} bytes on the stick) and {} directory \
          objects missing from {}",
-        plan.files.len(),
+        plan.files,
         plan.stored_bytes,
-        plan.metadata.len(),
+        plan.metadata,
         dest.display()
     );
     let mut report = Reporter::new(plan, progress);
     report.send(true);
+    drop(prologue);
     // Fault tests pull the stick or fill the disk here: the scan read the commit's tree.
     crate::failpoint::pause("pull-rootfs");
-    let mut import = Import {
-        stick: StickRepo::open(bundle).map_err(context)?,
-        repo: &repo,
-        dest: &dest,
-        budget: Budget::of(&dest).map_err(context)?,
-    };
+    let prologue = crate::failpoint::unit();
+    let stick = StickRepo::open(bundle).map_err(context)?.scanned();
+    let budget = Budget::of(&dest).map_err(context)?;
     if let Some(unpacked) = plan.unpacked_bytes {
-        import
-            .budget
+        budget
             .check(unpacked, "the commit's content")
             .map_err(context)?;
     }
+    let main = Import {
+        stick,
+        repo: repo.clone(),
+        dest: &dest,
+        budget: &budget,
+    };
+    let walk = TreeWalk::new(&main.stick, commit).map_err(context)?;
+    // What the device had before this pull, as the scan saw it: the transaction's own
+    // handle also sees what the pull wrote so far.
+    let before = ostree::Repo::new(&gio::File::for_path(&dest));
+    before
+        .open(gio::Cancellable::NONE)
+        .with_context(|| format!("opening {}", dest.display()))?;
     let none = gio::Cancellable::NONE;
     let transaction = repo
         .prepare_transaction(none)
-        .map_err(|e| import.store_failed("a transaction", &e));
+        .map_err(|e| main.store_failed("a transaction", &e));
+    drop(prologue);
     let copied = transaction.and_then(|_| {
-        for f in &plan.files {
-            import.file(f)?;
-            report.object(f.stored);
-        }
-        for (kind, c) in &plan.metadata {
-            import.meta(*kind, c)?;
-            report.object(0);
-        }
-        let c =
-            stick_repo::parse_hex(commit).ok_or_else(|| anyhow::anyhow!("{commit}: not hex"))?;
-        import.meta(Obj::Commit, &c)?;
+        copy_tree(&main, &walk, &before, &mut report, side)?;
+        let (c, v) = walk.commit();
+        main.meta(Obj::Commit, c, v)?;
         report.object(0);
+        // The apps' half decides: the commit object names the tree only once both halves
+        // succeeded.
+        if !side.go_ahead() {
+            side.cancel.check(&format!("pulling commit {commit}"))?;
+            return Err(crate::overlap::cancelled(&format!(
+                "pulling commit {commit}"
+            )));
+        }
+        let _unit = crate::failpoint::unit();
         repo.commit_transaction(none)
-            .map_err(|e| import.store_failed("the transaction", &e))
+            .map_err(|e| main.store_failed("the transaction", &e))
     });
     let stats = match copied {
         Ok(stats) => stats,
@@ -246,6 +256,113 @@ pub fn pull_from_bundle(
     })
 }
 
+/// Content objects are written by this many threads: one per core, at least 2 (one
+/// waits on the stick while the other inflates), at most 4.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
+/// Walk the tree on this thread, writing the directory objects the device lacks and
+/// handing the content objects to [`workers`] threads; progress is reported from here.
+/// The first error of any thread stops all of them and is returned.
+fn copy_tree(
+    main: &Import,
+    walk: &TreeWalk,
+    before: &ostree::Repo,
+    report: &mut Reporter,
+    side: &Side,
+) -> crate::Result<()> {
+    let commit = hex::encode(walk.commit().0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    let stop = || side.cancel.check(&format!("pulling commit {commit}"));
+    let (jobs, queue) = mpsc::sync_channel::<FileObj>(QUEUE);
+    let queue = Mutex::new(queue);
+    let (done, progress) = mpsc::channel::<u64>();
+    let stream = crate::failpoint::current();
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            let import = Import {
+                repo: main.repo.clone(),
+                ..*main
+            };
+            let (queue, done, fail, failed) = (&queue, done.clone(), &fail, &failed);
+            s.spawn(move || {
+                let _worker = crate::failpoint::join(stream);
+                loop {
+                    let next = queue.lock().ok().and_then(|q| q.recv().ok());
+                    let Some(f) = next else { return };
+                    if failed.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let _unit = crate::failpoint::unit();
+                    match stop().and_then(|()| import.file(&f)) {
+                        Ok(stored) => {
+                            let _ = done.send(stored);
+                        }
+                        Err(e) => fail(e),
+                    }
+                }
+            });
+        }
+        drop(done);
+        let mut lacks = |kind: Obj, c: &super::stick_repo::Csum| lacks(before, main.dest, kind, c);
+        let walked = walk.run(&mut lacks, &mut |step| {
+            stop()?;
+            if failed.load(Ordering::SeqCst) {
+                return Err(anyhow::anyhow!("pulling commit {commit}: stopped").into());
+            }
+            while let Ok(bytes) = progress.try_recv() {
+                report.object(bytes);
+            }
+            match step {
+                Step::Meta(kind, c, v) => {
+                    let _unit = crate::failpoint::unit();
+                    main.meta(kind, &c, &v)?;
+                    report.object(0);
+                }
+                // Not a unit of work: while another stream holds a pause, the workers
+                // wait before their next unit, and so does this hand-over.
+                Step::File(mut f) => loop {
+                    // A full queue: take the workers' progress while they make room.
+                    match jobs.try_send(f) {
+                        Ok(()) => break,
+                        Err(mpsc::TrySendError::Full(back)) => {
+                            f = back;
+                            if failed.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            if let Ok(bytes) = progress.recv_timeout(PROGRESS_EVERY) {
+                                report.object(bytes);
+                            }
+                        }
+                        Err(mpsc::TrySendError::Disconnected(_)) => break,
+                    }
+                },
+            }
+            Ok(())
+        });
+        if let Err(e) = walked {
+            // A worker's own error comes first: the walk only stopped for it.
+            fail(e);
+        }
+        drop(jobs);
+        for bytes in progress.iter() {
+            report.object(bytes);
+        }
+    });
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Progress, at most every [`PROGRESS_EVERY`] (and at the start and the end).
 struct Reporter<'a> {
     p: PullProgress,
@@ -256,7 +373,7 @@ struct Reporter<'a> {
 impl<'a> Reporter<'a> {
     fn new(plan: &RootfsPlan, sink: &'a mut dyn FnMut(PullProgress)) -> Self {
         let p = PullProgress {
-            objects_total: (plan.files.len() + plan.metadata.len() + 1) as u64,
+            objects_total: plan.files + plan.metadata + 1,
             bytes_total: plan.stored_bytes,
             ..Default::default()
         };
@@ -278,282 +395,6 @@ impl<'a> Reporter<'a> {
         if now || self.last.elapsed() >= PROGRESS_EVERY {
             self.last = Instant::now();
             (self.sink)(self.p);
-        }
-    }
-}
-
-/// Room the pull may take: the free space of the sysroot's filesystem less the margin.
-struct Budget {
-    left: u64,
-    block: u64,
-    dest: PathBuf,
-}
-
-impl Budget {
-    fn of(dest: &Path) -> crate::Result<Budget> {
-        let st = nix::sys::statvfs::statvfs(dest)
-            .with_context(|| format!("the free space of {}", dest.display()))?;
-        let block = st.fragment_size().max(1);
-        let free = st.blocks_available().saturating_mul(block);
-        let margin = st.blocks().saturating_mul(block) / 100 * MARGIN_PERCENT;
-        Ok(Budget {
-            left: free.saturating_sub(margin),
-            block,
-            dest: dest.to_path_buf(),
-        })
-    }
-
-    /// Take `bytes` (rounded up to whole blocks) for `what`, or refuse with 60.
-    fn check(&mut self, bytes: u64, what: &str) -> crate::Result<()> {
-        let need = bytes.div_ceil(self.block).saturating_mul(self.block);
-        if need > self.left {
-            return Err(Error::new(
-                Code::NoSpace,
-                format!(
-                    "not enough space: {what} needs {bytes} bytes, {} of {} may still be used \
-                     (it keeps {MARGIN_PERCENT}% free)",
-                    self.left,
-                    self.dest.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn take(&mut self, bytes: u64, what: &str) -> crate::Result<()> {
-        self.check(bytes, what)?;
-        let need = bytes.div_ceil(self.block).saturating_mul(self.block);
-        self.left -= need;
-        Ok(())
-    }
-}
-
-struct Import<'a> {
-    stick: StickRepo<'a>,
-    repo: &'a ostree::Repo,
-    dest: &'a Path,
-    budget: Budget,
-}
-
-/// Why reading a content object's stream failed, kept by the reader: the error libostree
-/// returns for it says nothing we may show.
-#[derive(Debug, Clone)]
-enum ReadFailure {
-    Medium(Problem),
-    Corrupt,
-    Short(u64),
-}
-
-impl Import<'_> {
-    /// A directory object or the commit: read and verified again (the stick may not
-    /// return the same bytes twice), then written.
-    fn meta(&mut self, kind: Obj, c: &stick_repo::Csum) -> crate::Result<()> {
-        let rel = object_rel(kind, c);
-        let v = self.stick.read_meta(kind, c)?;
-        self.budget.take(v.size() as u64, &rel)?;
-        self.repo
-            .write_metadata(
-                kind.ostree_type(),
-                Some(&stick_repo::hex(c)),
-                &v,
-                gio::Cancellable::NONE,
-            )
-            .map_err(|e| self.store_failed(&rel, &e))?;
-        Ok(())
-    }
-
-    /// A content object: header parsed, declared size bounded, content inflated by us and
-    /// written (and checksummed) by libostree.
-    fn file(&mut self, f: &FileObj) -> crate::Result<()> {
-        let rel = object_rel(Obj::File, &f.csum);
-        let (mut file, len) = self.stick.open_file(&rel)?;
-        if len != f.stored {
-            return Err(self
-                .stick
-                .corrupt(&rel, "changed on the stick since it was checked"));
-        }
-        let header = read_header(&mut file, len).map_err(|p| match p {
-            Some(problem) => self.stick.refused(Refused {
-                rel: rel.clone(),
-                problem,
-            }),
-            None => self
-                .stick
-                .corrupt(&rel, "is not a valid archive object (its header)"),
-        })?;
-        let Some(h) = Header::parse(&header) else {
-            return Err(self
-                .stick
-                .corrupt(&rel, "is not a valid archive object (its header)"));
-        };
-        let declared = if h.regular { h.size } else { 0 };
-        if let Some(unpacked) = f.unpacked {
-            if unpacked != declared {
-                return Err(self.stick.corrupt(
-                    &rel,
-                    &format!("declares {declared} bytes, the commit's size index says {unpacked}"),
-                ));
-            }
-        }
-        self.budget.take(declared, &rel)?;
-        let info = gio::FileInfo::new();
-        info.set_attribute_uint32("unix::uid", h.uid);
-        info.set_attribute_uint32("unix::gid", h.gid);
-        info.set_attribute_uint32("unix::mode", h.mode);
-        info.set_size(i64::try_from(declared).unwrap_or(i64::MAX));
-        let failure = Arc::new(Mutex::new(None));
-        let input: gio::InputStream = if h.regular {
-            info.set_file_type(gio::FileType::Regular);
-            let inflate = Inflate {
-                dec: flate2::bufread::DeflateDecoder::new(BufReader::with_capacity(64 << 10, file)),
-                left: declared,
-                got: 0,
-                failure: failure.clone(),
-            };
-            gio::ReadInputStream::new(inflate).upcast()
-        } else {
-            info.set_file_type(gio::FileType::SymbolicLink);
-            info.set_symlink_target(&h.target);
-            gio::MemoryInputStream::new().upcast()
-        };
-        let none = gio::Cancellable::NONE;
-        let written = ostree::raw_file_to_content_stream(&input, &info, Some(&h.xattrs), none)
-            .and_then(|(stream, length)| {
-                self.repo
-                    .write_content(Some(&stick_repo::hex(&f.csum)), &stream, length, none)
-            });
-        let Err(e) = written else {
-            return Ok(());
-        };
-        let why = failure.lock().ok().and_then(|mut f| f.take());
-        Err(match why {
-            Some(ReadFailure::Medium(problem)) => self.stick.refused(Refused { rel, problem }),
-            Some(ReadFailure::Corrupt) => self
-                .stick
-                .corrupt(&rel, "holds no valid compressed content"),
-            Some(ReadFailure::Short(got)) => self.stick.corrupt(
-                &rel,
-                &format!("inflates to {got} bytes, fewer than the {declared} it declares"),
-            ),
-            None if e.message().contains("Corrupted") => {
-                self.stick.corrupt(&rel, "does not match its checksum")
-            }
-            None => self.store_failed(&rel, &e),
-        })
-    }
-
-    /// libostree refused to store something: 60 for a full disk, else 50 naming the object
-    /// and libostree's error class; its text only goes to the log, escaped.
-    fn store_failed(&self, what: &str, e: &glib::Error) -> Error {
-        tracing::warn!("libostree, storing {what}: {:?}", e.message());
-        let dest = self.dest.display();
-        if is_no_space(e) {
-            return Error::new(Code::NoSpace, format!("no space left in {dest} for {what}"));
-        }
-        let class = match e.kind::<gio::IOErrorEnum>() {
-            Some(k) => format!("{k:?}"),
-            None => e.domain().as_str().to_string(),
-        };
-        Error::copy(format!("{what}: {dest} refused to store it ({class})"))
-    }
-}
-
-/// The length-prefixed header of an archive content object: `None` for a bad one, the
-/// problem of the medium when reading failed.
-fn read_header(file: &mut fs::File, len: u64) -> Result<Vec<u8>, Option<Problem>> {
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix).map_err(|e| medium(&e))?;
-    let size = u64::from(u32::from_be_bytes([
-        prefix[0], prefix[1], prefix[2], prefix[3],
-    ]));
-    if size == 0 || size > FILE_HEADER_CAP || size + 8 > len {
-        return Err(None);
-    }
-    let mut buf = vec![0u8; size as usize];
-    file.read_exact(&mut buf).map_err(|e| medium(&e))?;
-    Ok(buf)
-}
-
-/// An unexpected end is a bad object; anything else, the medium.
-fn medium(e: &std::io::Error) -> Option<Problem> {
-    (e.kind() != std::io::ErrorKind::UnexpectedEof).then(|| io_problem(e))
-}
-
-/// The fields of `(tuuuusa(ayay))`, integers stored big-endian.
-struct Header {
-    size: u64,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    regular: bool,
-    target: String,
-    xattrs: glib::Variant,
-}
-
-impl Header {
-    fn parse(bytes: &[u8]) -> Option<Header> {
-        let v = glib::Variant::from_data_with_type(bytes, Obj::File.variant_type());
-        let u32_at = |i| v.try_child_value(i)?.get::<u32>().map(u32::from_be);
-        let size = u64::from_be(v.try_child_value(0)?.get::<u64>()?);
-        let mode = u32_at(3)?;
-        let rdev = u32_at(4)?;
-        let kind = mode & 0o170000;
-        let regular = kind == 0o100000;
-        if rdev != 0 || !(regular || kind == 0o120000) {
-            return None;
-        }
-        Some(Header {
-            size,
-            uid: u32_at(1)?,
-            gid: u32_at(2)?,
-            mode,
-            regular,
-            target: v.try_child_value(5)?.str()?.to_string(),
-            xattrs: v.try_child_value(6)?,
-        })
-    }
-}
-
-/// A content object's data, inflated, never past its declared size (libostree reads exactly
-/// that many bytes); what went wrong is kept in `failure`.
-struct Inflate<R> {
-    dec: flate2::bufread::DeflateDecoder<R>,
-    left: u64,
-    got: u64,
-    failure: Arc<Mutex<Option<ReadFailure>>>,
-}
-
-impl<R: std::io::BufRead> Read for Inflate<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let failed = |f: ReadFailure| {
-            if let Ok(mut slot) = self.failure.lock() {
-                slot.get_or_insert(f);
-            }
-        };
-        match self.dec.read(&mut buf[..want]) {
-            Ok(0) => {
-                failed(ReadFailure::Short(self.got));
-                Ok(0)
-            }
-            Ok(n) => {
-                self.left -= n as u64;
-                self.got += n as u64;
-                crate::watchdog::beat();
-                Ok(n)
-            }
-            Err(e) => {
-                failed(match e.raw_os_error() {
-                    Some(_) => ReadFailure::Medium(io_problem(&e)),
-                    None => ReadFailure::Corrupt,
-                });
-                Err(e)
-            }
         }
     }
 }

@@ -11,19 +11,16 @@
 //! - content objects are looked at (`O_PATH`, type and size) but not read here; with the
 //!   commit's own `ostree.sizes` index, their size on the stick must be the indexed one.
 //!
-//! [`scan_bundle_commit`] (run by `check` and `install` alike) gives the [`RootfsPlan`]:
-//! what the device lacks, which [`super::pull_from_bundle`] then copies.
+//! [`super::scan_bundle_commit`] (run by `check` and `install` alike, in
+//! [`super::tree_walk`]) gives the [`super::RootfsPlan`]: what the device lacks, which
+//! [`super::pull_from_bundle`] then copies.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use ostree::glib;
 use sha2::{Digest as _, Sha256};
 
-use super::pull::commit_complete;
-use super::{is_commit_checksum, open_sysroot};
 use crate::core::bundle::Bundle;
-use crate::config::Pacman;
 use crate::error::{Code, Error, Result};
 use crate::hostile_fs::{Kind, Refused};
 
@@ -106,147 +103,8 @@ pub(super) fn parse_hex(s: &str) -> Option<Csum> {
     bytes.try_into().ok()
 }
 
-/// A content object the device lacks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileObj {
-    pub csum: Csum,
-    /// Its size on the stick (compressed).
-    pub stored: u64,
-    /// Its size once inflated, from the commit's `ostree.sizes`, when it has one.
-    pub unpacked: Option<u64>,
-}
-
-/// What installing one commit from the bundle takes.
-#[derive(Debug, Clone, Default)]
-pub struct RootfsPlan {
-    pub commit: String,
-    /// The device's repo already holds the whole commit: nothing to read or copy.
-    pub complete: bool,
-    /// Directory objects the device lacks (the commit is always written, last).
-    pub metadata: Vec<(Obj, Csum)>,
-    pub files: Vec<FileObj>,
-    /// Size on the stick of the missing content objects.
-    pub stored_bytes: u64,
-    /// Their inflated size, when the commit indexes every one of them.
-    pub unpacked_bytes: Option<u64>,
-}
-
-/// The scan of `commit` in the bundle (see the module doc), against the device's repo:
-/// refusals are 15 (a symlink, a FIFO, a device, an oversized object, a repo that is not
-/// an archive), 8 (an object missing), 50 (an object that does not hash to its name, or
-/// whose size differs from the commit's index; the medium failing).
-pub fn scan_bundle_commit(pacman: &Pacman, bundle: &Bundle, commit: &str) -> Result<RootfsPlan> {
-    if !is_commit_checksum(commit) {
-        return Err(anyhow::anyhow!("{commit:?} is not an OSTree commit checksum").into());
-    }
-    let sysroot = open_sysroot(&pacman.sysroot)?;
-    let dest = sysroot.repo();
-    let dest_path = pacman.sysroot.join("ostree/repo");
-    let mut plan = RootfsPlan {
-        commit: commit.to_string(),
-        ..Default::default()
-    };
-    if commit_complete(&dest, &dest_path, commit)? {
-        plan.complete = true;
-        return Ok(plan);
-    }
-    let repo = StickRepo::open(bundle)?;
-    let commit_csum = parse_hex(commit).ok_or_else(|| anyhow::anyhow!("{commit:?}: not hex"))?;
-    let commit_v = repo.read_meta(Obj::Commit, &commit_csum)?;
-    let sizes = sizes_index(&commit_v);
-    let root_tree = repo.csum_child(&commit_v, 6, Obj::Commit, &commit_csum)?;
-    let root_meta = repo.csum_child(&commit_v, 7, Obj::Commit, &commit_csum)?;
-    let has = |kind: Obj, c: &Csum| -> Result<bool> {
-        dest.has_object(kind.ostree_type(), &hex(c), ostree::gio::Cancellable::NONE)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "looking up object {} in {}: {}",
-                    hex(c),
-                    dest_path.display(),
-                    e.message()
-                )
-                .into()
-            })
-    };
-    // Each directory object once, however often the tree shares it.
-    let mut seen: HashSet<(Obj, Csum)> = HashSet::new();
-    let mut seen_files: HashSet<Csum> = HashSet::new();
-    let mut todo = vec![(Obj::DirMeta, root_meta), (Obj::DirTree, root_tree)];
-    let mut unpacked_known = true;
-    let mut unpacked_total = 0u64;
-    while let Some((kind, c)) = todo.pop() {
-        if !seen.insert((kind, c)) {
-            continue;
-        }
-        // Read (and verified) even when the device has it: every object of the tree is
-        // then known to be well formed, and a dirtree is needed to walk on.
-        let v = repo.read_meta(kind, &c)?;
-        if !has(kind, &c)? {
-            plan.metadata.push((kind, c));
-        }
-        if kind != Obj::DirTree {
-            continue;
-        }
-        for file in v.child_value(0).iter() {
-            let f = repo.csum_child(&file, 1, Obj::DirTree, &c)?;
-            if !seen_files.insert(f) || has(Obj::File, &f)? {
-                continue;
-            }
-            let stored = repo.file_size(&f)?;
-            let indexed = sizes.as_ref().and_then(|s| s.get(&f)).copied();
-            if let Some((archived, unpacked)) = indexed {
-                if archived != stored {
-                    return Err(repo.corrupt(
-                        &object_rel(Obj::File, &f),
-                        &format!("has {stored} bytes, the commit's size index says {archived}"),
-                    ));
-                }
-                unpacked_total = unpacked_total.saturating_add(unpacked);
-            } else {
-                unpacked_known = false;
-            }
-            plan.stored_bytes = plan.stored_bytes.saturating_add(stored);
-            plan.files.push(FileObj {
-                csum: f,
-                stored,
-                unpacked: indexed.map(|(_, u)| u),
-            });
-        }
-        for dir in v.child_value(1).iter() {
-            todo.push((Obj::DirMeta, repo.csum_child(&dir, 2, Obj::DirTree, &c)?));
-            todo.push((Obj::DirTree, repo.csum_child(&dir, 1, Obj::DirTree, &c)?));
-        }
-    }
-    plan.unpacked_bytes = unpacked_known.then_some(unpacked_total);
-    Ok(plan)
-}
-
-/// `ostree.sizes` of a commit: content checksum -> (archived, unpacked) size. `None`
-/// without an index (most commits: `ostree commit --generate-sizes` makes one) or when it
-/// does not parse, which only costs the checks it would allow.
-fn sizes_index(commit: &glib::Variant) -> Option<HashMap<Csum, (u64, u64)>> {
-    let dict = glib::VariantDict::new(Some(&commit.child_value(0)));
-    let aay = glib::VariantTy::new("aay").ok()?;
-    let index = dict.lookup_value("ostree.sizes", Some(aay))?;
-    let mut out = HashMap::with_capacity(index.n_children());
-    for entry in index.iter() {
-        let bytes = entry.fixed_array::<u8>().ok()?;
-        let csum: Csum = bytes.get(..32)?.try_into().ok()?;
-        let (archived, n) = varint(&bytes[32..])?;
-        let (unpacked, m) = varint(&bytes[32 + n..])?;
-        // A trailing object type: 1 is a content object, the only kind we look up.
-        match bytes.get(32 + n + m) {
-            None | Some(1) => {
-                out.insert(csum, (archived, unpacked));
-            }
-            Some(_) => {}
-        }
-    }
-    Some(out)
-}
-
 /// A LEB128 unsigned varint (what libostree writes in `ostree.sizes`) and its length.
-fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(super) fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, b) in bytes.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
@@ -258,14 +116,21 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// The bundle's repo, checked to be an archive repo.
+#[derive(Clone, Copy)]
 pub(super) struct StickRepo<'a> {
     bundle: &'a Bundle,
+    /// Every object was found by a scan before: one not found now is the medium failing
+    /// (a FAT stick pulled answers lookups with ENOENT), not the bundle lacking it.
+    scanned: bool,
 }
 
 impl<'a> StickRepo<'a> {
     pub(super) fn open(bundle: &'a Bundle) -> Result<StickRepo<'a>> {
         let rel = "ostree_repo/config";
-        let repo = StickRepo { bundle };
+        let repo = StickRepo {
+            bundle,
+            scanned: false,
+        };
         let bytes = bundle
             .tree()
             .read_capped(rel, CONFIG_CAP)
@@ -316,7 +181,7 @@ impl<'a> StickRepo<'a> {
     }
 
     /// The size on the stick of content object `c`, a regular file.
-    fn file_size(&self, c: &Csum) -> Result<u64> {
+    pub(super) fn file_size(&self, c: &Csum) -> Result<u64> {
         let rel = object_rel(Obj::File, c);
         let found = self.bundle.tree().expect(&rel, Kind::File);
         found
@@ -325,7 +190,13 @@ impl<'a> StickRepo<'a> {
     }
 
     /// The checksum in child `i` (an `ay`) of `v`, part of object `of`.
-    fn csum_child(&self, v: &glib::Variant, i: usize, kind: Obj, of: &Csum) -> Result<Csum> {
+    pub(super) fn csum_child(
+        &self,
+        v: &glib::Variant,
+        i: usize,
+        kind: Obj,
+        of: &Csum,
+    ) -> Result<Csum> {
         v.try_child_value(i)
             .and_then(|c| c.fixed_array::<u8>().ok().and_then(|b| b.try_into().ok()))
             .ok_or_else(|| {
@@ -344,7 +215,22 @@ impl<'a> StickRepo<'a> {
         self.bundle.invalid(rel, what)
     }
 
+    /// The repo once [`super::scan_bundle_commit`] found every object of the commit in it.
+    pub(super) fn scanned(self) -> StickRepo<'a> {
+        StickRepo {
+            scanned: true,
+            ..self
+        }
+    }
+
     fn missing(&self, rel: &str) -> Error {
+        if self.scanned {
+            return Error::copy(format!(
+                "bundle {}: {rel}: the medium cannot be read (found when the bundle was \
+                 checked, not found now): was the stick removed?",
+                self.bundle.path().display()
+            ));
+        }
         Error::new(
             Code::ContentMissing,
             format!(

@@ -48,8 +48,8 @@ pub const OSTREE_BOOTLOADER_ROLLBACK: &[(&str, i32)] = &[
 /// Compose device, rootfs and apps updated.
 pub const APPS_UPDATE: &[(&str, Cmd, i32)] = &[
     ("install-blob-copied", Cmd::Install, 100),
-    ("install-apps-fetched", Cmd::Install, 100),
     ("install-images-loaded", Cmd::Install, 100),
+    ("install-apps-fetched", Cmd::Install, 100),
     ("install-previous-apps-recorded", Cmd::Install, 100),
     ("run-apps-up", Cmd::Run, 0),
     ("run-apps-healthy", Cmd::Run, 0),

@@ -470,6 +470,7 @@ fn stick_pulled_mid_copy_is_50_and_the_next_stick_installs() {
     let o = paused.go();
     code(&o, 50);
     assert!(o.stderr.contains("Input/output error"), "{}", o.stderr);
+    assert!(o.stderr.contains("was the stick removed?"), "{}", o.stderr);
     assert_eq!(r.phase(), "error");
     // Nothing on the device changed: no deployment, nothing pending, no blob, no image.
     assert_eq!(deployments(&r.s.d).len(), 1);

@@ -474,6 +474,46 @@ fn blob_not_matching_its_digest_is_refused_with_nothing_loaded() {
     assert_eq!(s.image_ids(), images);
 }
 
+/// A layer is hashed only as the image load reads it from the stick. One the engine would
+/// take (its gzip header's time set: the same size and the same tar inside, so the same
+/// diff id) but whose digest does not match is refused before the tar can end: 50, the
+/// engine never loads it, the store keeps no blob.
+#[test]
+fn layer_the_engine_would_take_but_not_matching_its_digest_loads_nothing() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
+    let info = &s.written[&("2".to_string(), "app-01".to_string())];
+    let layer = info.images[0].layer_digests.last().unwrap().clone();
+    let path = b.path().join("apps/blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip layer");
+    bytes[4..8].copy_from_slice(&1_700_000_000u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let images = s.image_ids();
+    let before = Unchanged::new(&s.d, b.path());
+    let bundle = b.path().to_str().unwrap();
+    let info_log = [("USB_UPDATE_LOG", "usb_update=info")];
+    let r =
+        s.d.command_env("install", &["--src-dir", bundle], &info_log);
+    code(&r, 50);
+    // Refused before the tar could end: the engine never loaded it (not loaded and then
+    // taken back).
+    assert!(!r.stderr.contains("loaded image "), "{}", r.stderr);
+    assert!(
+        r.error().starts_with(&format!("blob {layer} in bundle ")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.error().ends_with(" does not match its digest"),
+        "{}",
+        r.stdout
+    );
+    before.assert();
+    assert_eq!(s.image_ids(), images, "the engine kept an image");
+}
+
 #[test]
 fn hostile_compose_archives_are_refused() {
     for (entry, rule) in [

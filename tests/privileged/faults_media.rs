@@ -71,13 +71,7 @@ fn stick_pulled_or_corrupt_before_the_deploy_is_50_and_the_next_stick_installs()
     pull(&stick);
     let o = paused.go();
     code(&o, 50);
-    let line = r
-        .console()
-        .lines()
-        .rev()
-        .find(|l| l.contains("error: "))
-        .unwrap_or_default()
-        .to_string();
+    let line = last_error(&r);
     assert!(line.contains("error: pulling commit "), "{line}");
     assert!(line.ends_with(": was the stick removed?"), "{line}");
     assert!(line.contains(&format!(
@@ -99,22 +93,44 @@ fn stick_pulled_or_corrupt_before_the_deploy_is_50_and_the_next_stick_installs()
     assert_eq!(r.actions(), "reboot\n");
 }
 
-/// Pulled while the images load on an apps-only update (the stick is no longer read: the
-/// update completes), then pulled just before the report is written after a rootfs
-/// install (installed: it reboots, only the report is missing).
+/// Pulled while held before the first image load of an apps-only update: the load reads
+/// the image's blobs from the stick (they go into the store on the way), so it fails: 50,
+/// nothing changed (no blob, no partial file, no image; the old apps run) and a good stick
+/// installs. Then pulled just before the report is written after a rootfs install
+/// (installed: it reboots, only the report is missing).
 #[test]
-fn stick_pulled_once_it_is_no_longer_needed_the_update_completes() {
+fn stick_pulled_during_the_image_load_is_50_and_just_before_the_report_installs() {
     let mut r = Rig::new();
     let f = r.s.f.name.clone();
     let b =
         r.s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")]).on("1")]);
+    let before = Snapshot::take(&r.s.d, Some(r.s.image_ids()));
+    let running = r.s.running();
 
     let stick = stick_with(b.path());
     let paused = r.handle_paused(&stick, "load-image");
     pull(&stick);
     let o = paused.go();
-    code(&o, 0);
-    assert!(o.stderr.contains("no report on the stick"), "{}", o.stderr);
+    code(&o, 50);
+    let line = last_error(&r);
+    assert!(line.ends_with("was the stick removed?"), "{line}");
+    // The first blob the load reads, the image's config, named with the bundle (whether
+    // its lookup or its first read failed).
+    let config = r.s.image_id("2", "app-01").replace("sha256:", "");
+    assert!(
+        line.contains(&config) && line.contains("bundle /"),
+        "{line}"
+    );
+    assert_eq!(r.phase(), "error");
+    assert_eq!(r.led(), error_led());
+    assert!(r.actions().is_empty(), "{}", r.actions());
+    before.assert_same(Some(r.s.image_ids()));
+    assert!(no_partial_blobs(&r), "partial blobs left in the store");
+    assert_eq!(r.s.running(), running, "the old apps run");
+    drop(stick);
+
+    let good = stick_with(b.path());
+    code(&r.handle(&good), 0);
     assert_eq!(r.actions(), "docker-restart\n");
     assert_eq!(r.phase(), "success");
     assert_eq!(r.led(), led("timer", "1000", "1000"));
@@ -123,7 +139,7 @@ fn stick_pulled_once_it_is_no_longer_needed_the_update_completes() {
         r.s.image_id("2", "app-01"),
         "app-01 of 2 runs"
     );
-    drop(stick);
+    drop(good);
 
     let b = r.s.bundle(vec![T::new("3", vec![app(&f, "app-01", "v3")])]);
     let stick = stick_with(b.path());
@@ -140,6 +156,13 @@ fn stick_pulled_once_it_is_no_longer_needed_the_update_completes() {
     r.s.reboot_into("3", "boot-1");
     code(&r.agent(&["finalize"]), 0);
     assert_eq!(r.s.running()["app-01"][0].1, r.s.image_id("3", "app-01"));
+}
+
+/// The console's last error line.
+fn last_error(r: &Rig) -> String {
+    let console = r.console();
+    let line = console.lines().rev().find(|l| l.contains("error: "));
+    line.unwrap_or_default().to_string()
 }
 
 fn largest_blob(bundle: &std::path::Path) -> std::path::PathBuf {

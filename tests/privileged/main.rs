@@ -19,6 +19,7 @@ mod faults_crash;
 mod faults_disk;
 mod faults_docker;
 mod faults_media;
+mod faults_overlap;
 mod faults_power;
 mod hostile_meta;
 mod hostile_stick;

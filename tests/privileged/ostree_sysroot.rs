@@ -114,6 +114,69 @@ fn pull(
     Ok((stats, seen))
 }
 
+/// A file several paths share and a directory that appears several times: the scan
+/// and the pull walk the tree the same way and count the same objects, so the progress
+/// ends at its total. With a size index a shared file counts once; without, once per path
+/// (a shared directory is walked once either way).
+#[test]
+fn shared_files_and_directories_count_the_same_in_the_scan_and_the_pull() {
+    let mut plans = Vec::new();
+    for indexed in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sys, _factory, _v1) = device(tmp.path());
+        let p = pacman(&sys, "staged");
+        let dir = tmp.path().join("bundle");
+        let repo = dir.join("ostree_repo");
+        let mut extra = vec![gen_ostree::firmware_version_file(2)];
+        for d in ["a", "b", "c"] {
+            extra.push(TreeFile::file(
+                &format!("usr/share/{d}/x"),
+                vec![1u8; 5000],
+                0o644,
+            ));
+        }
+        for f in ["d1", "d2"] {
+            extra.push(TreeFile::file(
+                &format!("usr/share/{f}"),
+                vec![2u8; 7000],
+                0o644,
+            ));
+        }
+        let mut opts = CommitOptions::new("lmp-2", Some("2"));
+        opts.generate_sizes = indexed;
+        let v2 = gen_ostree::commit_tree_with(
+            &repo,
+            "lmp",
+            &gen_ostree::bootable_tree("2", extra),
+            &opts,
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("tuf")).unwrap();
+        let bundle = usb_update::core::bundle::Bundle::open(&dir).unwrap();
+        let plan = ost::scan_bundle_commit(&p, &bundle, &v2).unwrap();
+        let mut seen = Vec::new();
+        let stats = ost::pull_from_bundle(&p, &bundle, &plan, &mut |pr| seen.push(pr)).unwrap();
+        let last = seen.last().expect("progress reported");
+        assert_eq!(
+            last.objects_total,
+            plan.files + plan.metadata + 1,
+            "{plan:?}"
+        );
+        assert_eq!(last.objects_done, last.objects_total, "{plan:?}");
+        assert_eq!(last.bytes_done, plan.stored_bytes, "{plan:?}");
+        if indexed {
+            // Nothing written twice, nothing counted twice.
+            assert_eq!(stats.objects, plan.files + plan.metadata + 1, "{plan:?}");
+            assert!(plan.unpacked_bytes.is_some(), "{plan:?}");
+        }
+        assert!(has_commit(&sys, &v2));
+        assert_repo_clean(&sys);
+        plans.push(plan);
+    }
+    // d1 and d2 are one object: once with the index, twice without.
+    assert_eq!(plans[1].files, plans[0].files + 1, "{plans:?}");
+}
+
 #[test]
 fn pull_and_deploy_carry_kargs_etc_and_origin_and_leave_no_remote() {
     let tmp = tempfile::tempdir().unwrap();
