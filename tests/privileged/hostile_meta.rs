@@ -1,4 +1,4 @@
-//! Hostile metadata that went around the verifier (issue 13): duplicate JSON members,
+//! Hostile metadata that went around the verifier: duplicate JSON members,
 //! unsigned files far larger than any signed pin allows, `tuf/` read twice, huge listings,
 //! a fast-forwarded timestamp, and messages that named the wrong thing. Each case runs the
 //! binary as an operator would and asserts the exit code, the one-line reason, and that

@@ -1,4 +1,4 @@
-//! Hostile sticks that went around the verifier (issue 13, the files half): each case on a
+//! Hostile sticks that went around the verifier: each case on a
 //! real stick (ext4 on a loop device, mounted read-only and nodev as the agent mounts it)
 //! and a real sysroot, through `check` where it applies, `install` and `agent handle`. Every
 //! run must give the documented code with one clear line naming the object and the class of
