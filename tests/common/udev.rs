@@ -109,6 +109,7 @@ pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, Str
         .args(["settle", "--timeout=60"])
         .status();
     let deadline = Instant::now() + UDEV_WAIT;
+    let mut retrigger = Instant::now() + Duration::from_secs(2);
     loop {
         let props = properties(devnode);
         if done(&props) {
@@ -119,6 +120,16 @@ pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, Str
             "udev never reported {what} for {}: {props:?}",
             devnode.display()
         );
+        // No database entry at all after a while: udevd never processed the device's event
+        // (seen once on a busy machine, for a partition that partx added). Ask the kernel
+        // for another; a change of a known device is what every close after a write sends.
+        if props.is_empty() && Instant::now() > retrigger {
+            let _ = Command::new("udevadm")
+                .args(["trigger", "--action=change"])
+                .arg(devnode)
+                .status();
+            retrigger = Instant::now() + Duration::from_secs(2);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
