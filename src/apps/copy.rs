@@ -5,13 +5,14 @@
 //! load reads the blob's bytes through it for the engine, so the stick is read once for
 //! both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -19,7 +20,7 @@ use super::content::{App, Blob, BlobSource};
 use super::docker::Engine;
 use super::store::{FetchProgress, Store};
 use crate::core::bundle::Bundle;
-use crate::error::{Error, OrCode, Result};
+use crate::error::{Code, Error, OrCode, Result};
 use crate::overlap::Cancel;
 
 pub(crate) struct BlobCopy<'a> {
@@ -130,6 +131,13 @@ impl<'a> BlobCopy<'a> {
         if self.finished {
             return Ok(());
         }
+        self.verify()?;
+        let written = self.written()?;
+        written.settle()
+    }
+
+    /// The source ended with the size and digest of the blob.
+    fn verify(&mut self) -> Result<()> {
         // Not at the end yet if the reader stopped at exactly `len` bytes: one read more
         // tells a file that grew from one that ended.
         let mut probe = [0u8; 1];
@@ -152,14 +160,25 @@ impl<'a> BlobCopy<'a> {
                 "blob {hex} in {src} does not match its digest"
             )));
         }
-        self.to
-            .sync_all()
-            .or_internal(format!("syncing {}", self.partial.display()))?;
-        fs::rename(&self.partial, &self.dest)
-            .or_internal(format!("renaming {}", self.partial.display()))?;
-        self.finished = true;
-        crate::failpoint::hit("install-blob-copied");
         Ok(())
+    }
+
+    /// The verified partial file, handed over: from now on the [`Written`] removes it
+    /// should it not be put in place.
+    fn written(&mut self) -> Result<Written> {
+        let to = self
+            .to
+            .try_clone()
+            .or_internal(format!("holding {}", self.partial.display()))?;
+        self.finished = true;
+        Ok(Written {
+            hex: self.hex.clone(),
+            size: self.len,
+            file: to,
+            partial: self.partial.clone(),
+            dest: self.dest.clone(),
+            placed: false,
+        })
     }
 
     /// Copy the whole blob, a chunk at a time, `stop` asked before each chunk.
@@ -172,11 +191,6 @@ impl<'a> BlobCopy<'a> {
                 return self.finish();
             }
         }
-    }
-
-    /// The blob's hex digest.
-    pub(crate) fn hex(&self) -> &str {
-        &self.hex
     }
 }
 
@@ -205,11 +219,197 @@ pub(crate) fn from_io(e: io::Error) -> std::result::Result<Error, io::Error> {
     }
 }
 
-impl Drop for BlobCopy<'_> {
-    fn drop(&mut self) {
+impl BlobCopy<'_> {
+    /// The copy is given up: its partial file goes.
+    fn discard(&mut self) {
         if !self.finished {
             let _ = fs::remove_file(&self.partial);
+            self.finished = true;
         }
+    }
+}
+
+impl Drop for BlobCopy<'_> {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// A blob's partial file whose bytes are all written and verified, not yet synced.
+pub(crate) struct Written {
+    hex: String,
+    size: u64,
+    file: File,
+    partial: PathBuf,
+    dest: PathBuf,
+    placed: bool,
+}
+
+impl Written {
+    /// Synced, then renamed under its name: a blob in the store survives a power cut whole.
+    fn settle(mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .or_internal(format!("syncing {}", self.partial.display()))?;
+        fs::rename(&self.partial, &self.dest)
+            .or_internal(format!("renaming {}", self.partial.display()))?;
+        self.placed = true;
+        crate::failpoint::hit("install-blob-copied");
+        Ok(())
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// The blobs an image load copied, synced and put in place by a thread of their own: the
+/// engine's stream goes on to the next blob while the last one reaches the disk (an
+/// `fsync` of a layer takes seconds that the engine would otherwise wait for).
+struct Settler {
+    tx: Mutex<Option<mpsc::Sender<Written>>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Settling>,
+}
+
+#[derive(Default)]
+struct Settling {
+    state: Mutex<SettleState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SettleState {
+    /// Store paths handed over and not yet in place (or failed).
+    pending: BTreeSet<PathBuf>,
+    /// In place, with their sizes.
+    settled: Vec<(String, u64)>,
+    /// The first failure; the blobs after it are not put in place.
+    failed: Option<Error>,
+}
+
+impl Settler {
+    fn start() -> Result<Settler> {
+        let (tx, rx) = mpsc::channel::<Written>();
+        let shared = Arc::new(Settling::default());
+        let stream = crate::failpoint::current();
+        let thread = std::thread::Builder::new()
+            .name("blob-sync".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || {
+                    let _worker = crate::failpoint::join(stream);
+                    for written in rx {
+                        let failed = shared.lock().failed.is_some();
+                        let (dest, hex, size) =
+                            (written.dest.clone(), written.hex.clone(), written.size);
+                        let outcome = if failed {
+                            drop(written);
+                            Ok(())
+                        } else {
+                            written.settle()
+                        };
+                        let mut state = shared.lock();
+                        state.pending.remove(&dest);
+                        match outcome {
+                            Ok(()) if !failed => state.settled.push((hex, size)),
+                            Ok(()) => {}
+                            Err(e) => {
+                                state.failed.get_or_insert(e);
+                            }
+                        }
+                        shared.changed.notify_all();
+                    }
+                }
+            })
+            .or_internal("starting the thread that syncs the store's blobs")?;
+        Ok(Settler {
+            tx: Mutex::new(Some(tx)),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    /// `path` is this caller's to copy (`true`), or in the store already (`false`): a copy
+    /// of it that another load began is waited for, never begun twice (both would write
+    /// the one partial file).
+    fn claim(&self, path: &Path, in_store: impl Fn() -> bool) -> bool {
+        let mut state = self.shared.lock();
+        while state.pending.contains(path) {
+            state = self.shared.wait(state);
+        }
+        if in_store() {
+            return false;
+        }
+        state.pending.insert(path.to_path_buf())
+    }
+
+    /// A claimed copy that was not handed over (it failed): another may begin it.
+    fn release(&self, path: &Path) {
+        self.shared.lock().pending.remove(path);
+        self.shared.changed.notify_all();
+    }
+
+    /// A claimed copy, verified, to be put in place; its claim ends once it is settled.
+    fn hand_over(&self, written: Written) -> io::Result<()> {
+        let sent = match self.tx.lock().ok().as_deref() {
+            Some(Some(tx)) => tx.send(written).map_err(|e| e.0.dest.clone()),
+            _ => Err(written.dest.clone()),
+        };
+        sent.map_err(|dest| {
+            to_io(Error::new(
+                Code::Internal,
+                format!(
+                    "{}: the thread that syncs the store's blobs is gone",
+                    dest.display()
+                ),
+            ))
+        })
+    }
+
+    /// Until every blob claimed is settled.
+    fn wait_all(&self) {
+        let mut state = self.shared.lock();
+        while !state.pending.is_empty() {
+            state = self.shared.wait(state);
+        }
+    }
+
+    /// Every blob settled: those in place, or the first failure.
+    fn finish(mut self) -> (Vec<(String, u64)>, Result<()>) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let joined = self.thread.take().map(JoinHandle::join);
+        let mut state = self.shared.lock();
+        let settled = std::mem::take(&mut state.settled);
+        let outcome = match (joined, state.failed.take()) {
+            (Some(Err(_)), _) => Err(Error::new(
+                Code::Internal,
+                "the thread that syncs the store's blobs panicked",
+            )),
+            (_, Some(e)) => Err(e),
+            _ => Ok(()),
+        };
+        (settled, outcome)
+    }
+}
+
+impl Settling {
+    fn lock(&self) -> MutexGuard<'_, SettleState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait<'s>(&self, state: MutexGuard<'s, SettleState>) -> MutexGuard<'s, SettleState> {
+        self.changed
+            .wait(state)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -289,7 +489,9 @@ pub(super) struct Tee<'a> {
     blobs: BTreeMap<PathBuf, Blob>,
     cancel: &'a Cancel,
     tick: Box<dyn Fn(u64) + Sync + 'a>,
-    /// The blobs copied, verified and in place, with their sizes.
+    /// The blobs copied through the loads, on their way into place.
+    settler: Settler,
+    /// The blobs [`Tee::rest`] copied, verified and in place, with their sizes.
     copied: Mutex<Vec<(String, u64)>>,
 }
 
@@ -303,7 +505,7 @@ impl<'a> Tee<'a> {
         cancel: &'a Cancel,
         progress: &'a (dyn Fn(FetchProgress) + Sync),
         (done, total): (u64, u64),
-    ) -> Tee<'a> {
+    ) -> Result<Tee<'a>> {
         let done = AtomicU64::new(done);
         let tick = move |n: u64| {
             let d = done.fetch_add(n, Ordering::Relaxed) + n;
@@ -312,24 +514,30 @@ impl<'a> Tee<'a> {
                 total: total.max(d),
             });
         };
-        Tee {
+        Ok(Tee {
             store,
             src,
             blobs,
             cancel,
             tick: Box::new(tick),
+            settler: Settler::start()?,
             copied: Mutex::new(Vec::new()),
-        }
+        })
     }
 
-    /// The blobs copied, with their sizes.
-    pub(super) fn into_copied(self) -> Vec<(String, u64)> {
-        self.copied.into_inner().unwrap_or_default()
+    /// The blobs copied and in place, with their sizes, once every copy is settled; `Err`
+    /// if one could not be put in place.
+    pub(super) fn finish(self) -> (Vec<(String, u64)>, Result<()>) {
+        let (mut copied, settled) = self.settler.finish();
+        copied.extend(self.copied.into_inner().unwrap_or_default());
+        (copied, settled)
     }
 
     /// Copy the blobs no load read (an image found in the engine after all, loaded under
     /// another tag): the store must hold every blob of the apps it records.
     pub(super) fn rest(&self) -> Result<()> {
+        // A blob still settling is not in the store yet, and must not be copied twice.
+        self.settler.wait_all();
         for blob in self.blobs.values().filter(|b| !self.store.has(b)) {
             let copy = BlobCopy::start(self.store, self.src, blob, self.cancel, &*self.tick)?;
             copy.complete(&|| Ok(()))?;
@@ -343,17 +551,28 @@ impl<'a> Tee<'a> {
 
 impl Blobs for Tee<'_> {
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn BlobRead + '_>> {
-        // Two images can share a layer: the first load copied it.
-        let copy_it = self.blobs.get(path).filter(|b| !self.store.has(b));
+        // Two images can share a layer: the first load to reach it copies it, the others
+        // read the store's copy.
+        let copy_it = self
+            .blobs
+            .get(path)
+            .filter(|b| self.settler.claim(path, || self.store.has(b)));
         let Some(blob) = copy_it else {
             return StoreFiles.open(path);
         };
-        let copy =
-            BlobCopy::start(self.store, self.src, blob, self.cancel, &*self.tick).map_err(to_io)?;
+        let copy = match BlobCopy::start(self.store, self.src, blob, self.cancel, &*self.tick) {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.settler.release(path);
+                return Err(to_io(e));
+            }
+        };
         Ok(Box::new(Copying {
             size: copy.len(),
             copy: BufReader::with_capacity(super::store::CHUNK, copy),
-            copied: &self.copied,
+            settler: &self.settler,
+            path: path.to_path_buf(),
+            handed_over: false,
         }))
     }
 }
@@ -362,7 +581,10 @@ impl Blobs for Tee<'_> {
 struct Copying<'a> {
     copy: BufReader<BlobCopy<'a>>,
     size: u64,
-    copied: &'a Mutex<Vec<(String, u64)>>,
+    settler: &'a Settler,
+    /// Its path in the store: claimed until handed over to the settler.
+    path: PathBuf,
+    handed_over: bool,
 }
 
 impl std::io::Read for Copying<'_> {
@@ -380,10 +602,24 @@ impl BlobRead for Copying<'_> {
         // Bytes read ahead past the entry mean a source longer than it said: `finish`
         // counts them and refuses.
         let copy = self.copy.get_mut();
-        copy.finish().map_err(to_io)?;
-        if let Ok(mut copied) = self.copied.lock() {
-            copied.push((copy.hex().to_string(), self.size));
+        if copy.finished {
+            return Ok(());
         }
+        copy.verify().map_err(to_io)?;
+        let written = copy.written().map_err(to_io)?;
+        self.settler.hand_over(written)?;
+        self.handed_over = true;
         Ok(())
+    }
+}
+
+impl Drop for Copying<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            // The partial file goes before the claim: a copy begun after must not lose its
+            // own partial file to this one's removal.
+            self.copy.get_mut().discard();
+            self.settler.release(&self.path);
+        }
     }
 }

@@ -26,6 +26,8 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::Context as _;
 
@@ -35,7 +37,7 @@ use crate::error::{Code, Error, Result};
 use crate::overlap::Cancel;
 use crate::policy::AppsPolicy;
 use compose::Cli;
-use content::App;
+use content::{App, Image};
 use copy::{blobs_on_load, Blobs, StoreFiles, Tee};
 use docker::{Engine, ImageToLoad};
 use previous::Record;
@@ -145,18 +147,20 @@ pub fn prepare(
         cancel,
         progress,
         (before, before + later),
-    );
+    )?;
     let loaded = load_images(
         &engine,
         &store,
         &apps,
-        cancel,
+        (cancel, policy.parallel_copies),
         &mut prepared.loaded,
         &through,
     )
     .and_then(|n| through.rest().map(|()| n));
+    let (copied, settled) = through.finish();
+    let loaded = loaded.and_then(|n| settled.map(|()| n));
     // What the load copied is the fetch's too (for the summary, and for undo).
-    for (hex, bytes) in through.into_copied() {
+    for (hex, bytes) in copied {
         prepared.fetch.added.push(hex);
         prepared.fetch.copied += 1;
         prepared.fetch.bytes += bytes;
@@ -229,16 +233,20 @@ fn check_archive(bundle: &Bundle, app: &App, scratch_in: &Path) -> Result<()> {
 
 /// Load every image of `apps` the engine lacks, its blobs read through `blobs`; tag the
 /// others. The ids of those loaded go into `ids`.
+/// Images loaded at once from the store (no stick to spare): what the engine unpacks best
+/// on two cores.
+const STORE_LOADS_AT_ONCE: usize = 3;
+
 fn load_images(
     engine: &Engine,
     store: &Store,
     apps: &[App],
-    cancel: &Cancel,
+    (cancel, at_once): (&Cancel, usize),
     ids: &mut Vec<String>,
     blobs: &dyn Blobs,
 ) -> Result<usize> {
     let mut seen = BTreeSet::new();
-    let mut loaded = 0;
+    let mut todo = Vec::new();
     for image in apps.iter().flat_map(|a| &a.images) {
         cancel.check(&format!("loading image {}", image.tag()))?;
         // Two repos can hold the same image (same config): loaded once, tagged for each.
@@ -247,35 +255,82 @@ fn load_images(
         }
         if engine.has_image(&image.id())? {
             engine.tag(&image.id(), &image.tag())?;
-            continue;
+        } else if todo.iter().all(|i: &&Image| i.id() != image.id()) {
+            todo.push(image);
         }
-        // Before the first byte of the image is read (from the stick, when the load copies).
-        crate::failpoint::pause("load-image");
-        let outcome = engine.load_beside(
-            &ImageToLoad {
-                tag: image.tag(),
-                config_digest: image.config.digest.clone(),
-                config: store.blob_path(&image.config.digest),
-                layers: image
-                    .layers
-                    .iter()
-                    .map(|l| store.blob_path(&l.digest))
-                    .collect(),
-            },
-            cancel,
-            blobs,
-        );
-        if let Err(e) = outcome {
-            // Should the engine have kept anything of a failed load, it goes on undo.
-            if engine.has_image(&image.id()).unwrap_or(false) {
-                ids.push(image.id());
-            }
-            return Err(e);
-        }
-        ids.push(image.id());
-        loaded += 1;
     }
-    Ok(loaded)
+    // The engine unpacks one image while the next streams in: on two cores, three
+    // `docker load`s at once take about 0.6x the time of one after another.
+    let next = AtomicUsize::new(0);
+    let loaded = Mutex::new(Vec::new());
+    let failed = Mutex::new(None::<Error>);
+    let work = || {
+        while failed.lock().is_ok_and(|f| f.is_none()) {
+            let Some(image) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                break;
+            };
+            let outcome = load_image(engine, store, image, cancel, blobs);
+            // Should the engine have kept anything of a failed load, it goes on undo.
+            if outcome.is_ok() || engine.has_image(&image.id()).unwrap_or(false) {
+                if let Ok(mut loaded) = loaded.lock() {
+                    loaded.push(image.id());
+                }
+            }
+            if let (Err(e), Ok(mut failed)) = (outcome, failed.lock()) {
+                failed.get_or_insert(e);
+            }
+        }
+    };
+    let stream = crate::failpoint::current();
+    std::thread::scope(|s| {
+        for n in 1..at_once.min(todo.len()) {
+            let helper = std::thread::Builder::new()
+                .name(format!("image-load-{n}"))
+                .spawn_scoped(s, || {
+                    let _worker = crate::failpoint::join(stream);
+                    work()
+                });
+            if let Err(e) = helper {
+                tracing::warn!("loading images on fewer threads: {e}");
+                break;
+            }
+        }
+        work();
+    });
+    let loaded = loaded.into_inner().unwrap_or_default();
+    let count = loaded.len();
+    ids.extend(loaded);
+    match failed.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(count),
+    }
+}
+
+/// One image into the engine, its blobs read through `blobs`.
+fn load_image(
+    engine: &Engine,
+    store: &Store,
+    image: &Image,
+    cancel: &Cancel,
+    blobs: &dyn Blobs,
+) -> Result<()> {
+    cancel.check(&format!("loading image {}", image.tag()))?;
+    // Before the first byte of the image is read (from the stick, when the load copies).
+    crate::failpoint::pause("load-image");
+    engine.load_beside(
+        &ImageToLoad {
+            tag: image.tag(),
+            config_digest: image.config.digest.clone(),
+            config: store.blob_path(&image.config.digest),
+            layers: image
+                .layers
+                .iter()
+                .map(|l| store.blob_path(&l.digest))
+                .collect(),
+        },
+        cancel,
+        blobs,
+    )
 }
 
 /// Put `app`'s project in place from the store: unpacked beside the live directory, with
@@ -364,7 +419,7 @@ pub fn start(
             Err(e) => return Ok(Err(format!("app {name}: {}", e.one_line()))),
         }
     }
-    let never = Cancel::never();
+    let never = (Cancel::never(), STORE_LOADS_AT_ONCE);
     if let Err(e) = load_images(&engine, &store, &apps, never, &mut Vec::new(), &StoreFiles) {
         return infra(e);
     }
@@ -422,7 +477,7 @@ pub(crate) fn restore(cfg: &Config, policy: &AppsPolicy, record: &Record) -> Res
         let (dir, services) = match from_store {
             Some(app) => {
                 let one = std::slice::from_ref(&app);
-                let (never, ids) = (Cancel::never(), &mut Vec::new());
+                let (never, ids) = ((Cancel::never(), STORE_LOADS_AT_ONCE), &mut Vec::new());
                 if let Err(e) = load_images(&engine, &store, one, never, ids, &StoreFiles) {
                     return infra(e);
                 }

@@ -189,8 +189,8 @@ pub struct AppsPolicy {
     /// app that exits a second after it started is not up.
     #[serde(with = "humantime_serde_secs")]
     pub settle: Duration,
-    /// Blob copies from the stick that run at once (layers are big; sticks like a few
-    /// streams, not dozens).
+    /// Blob copies, and image loads, from the stick that run at once (layers are big;
+    /// sticks like a few streams, not dozens).
     pub parallel_copies: usize,
     /// Remove images and store blobs that no app of the new target uses, after success.
     pub prune: bool,

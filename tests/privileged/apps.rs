@@ -474,6 +474,84 @@ fn blob_not_matching_its_digest_is_refused_with_nothing_loaded() {
     assert_eq!(s.image_ids(), images);
 }
 
+/// Three images loaded at once share their busybox layer: it is copied into the store once
+/// (by the first load to reach it; the others read the store's copy), every blob of the
+/// bundle is in the store exactly once, and no partial file is left.
+#[test]
+fn images_loaded_at_once_copy_a_shared_layer_once() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let names = ["app-01", "app-02", "app-03"];
+    let b = s.bundle(vec![T::new(
+        "2",
+        names.iter().map(|n| app(&f, n, "v2")).collect(),
+    )
+    .on("1")]);
+    let shared = &s.written[&("2".to_string(), "app-01".to_string())].images[0].layer_digests[0];
+    for n in &names[1..] {
+        let info = &s.written[&("2".to_string(), n.to_string())];
+        assert_eq!(
+            &info.images[0].layer_digests[0], shared,
+            "{n} shares the layer"
+        );
+    }
+    let in_bundle: BTreeMap<String, u64> = std::fs::read_dir(b.path().join("apps/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let size = e.metadata().unwrap().len();
+            (e.file_name().to_string_lossy().into_owned(), size)
+        })
+        .collect();
+    let r = s.install(b.path());
+    code(&r, 101);
+    let bytes: u64 = in_bundle.values().sum();
+    let summary = format!(
+        " {} blob(s), {:.1} MB copied",
+        in_bundle.len(),
+        bytes as f64 / 1e6
+    );
+    assert!(r.stdout.contains(&summary), "{summary} in {}", r.stdout);
+    assert_eq!(blobs(&s), in_bundle.keys().cloned().collect::<Vec<_>>());
+    let ids = s.image_ids();
+    for n in names {
+        assert!(ids.contains(&s.image_id("2", n)), "{n}: {ids:?}");
+    }
+}
+
+/// One of three images loaded at once has a layer that does not match its digest: the
+/// others, loaded beside it, are taken back with everything the install copied.
+#[test]
+fn a_bad_layer_among_images_loaded_at_once_leaves_nothing() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let names = ["app-01", "app-02", "app-03"];
+    let b = s.bundle(vec![T::new(
+        "2",
+        names.iter().map(|n| app(&f, n, "v2")).collect(),
+    )]);
+    // app-03's own layer (its marker), shared with no other image.
+    let info = &s.written[&("2".to_string(), "app-03".to_string())];
+    let layer = info.images[0].layer_digests.last().unwrap().clone();
+    let path = b.path().join("apps/blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A gzip header's time: the engine would take the layer, only its digest tells.
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip layer");
+    bytes[4..8].copy_from_slice(&1_700_000_000u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let images = s.image_ids();
+    let before = Unchanged::new(&s.d, b.path());
+    let r = s.install(b.path());
+    code(&r, 50);
+    assert!(
+        r.error().starts_with(&format!("blob {layer} in bundle ")),
+        "{}",
+        r.error()
+    );
+    before.assert();
+    assert_eq!(s.image_ids(), images);
+}
+
 /// A layer is hashed only as the image load reads it from the stick. One the engine would
 /// take (its gzip header's time set: the same size and the same tar inside, so the same
 /// diff id) but whose digest does not match is refused before the tar can end: 50, the
