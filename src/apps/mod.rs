@@ -45,7 +45,7 @@ use store::{FetchProgress, FetchStats, Store};
 
 /// Why started apps are not up: the update failed (as opposed to an error that stopped us
 /// from trying, such as an unreachable engine, which leaves the work pending).
-pub(crate) type Verdict = std::result::Result<(), String>;
+pub(crate) type Verdict<T = ()> = std::result::Result<T, String>;
 
 /// The compose project of an app: compose itself keeps only `[a-z0-9_-]` of a name.
 pub(crate) fn project_name(app: &str) -> String {
@@ -427,34 +427,76 @@ pub fn start(
     if let Err(why) = stop_others(&cfg.pacman, &cli, &keep) {
         return Ok(Err(why));
     }
-    let mut expected = Vec::new();
-    for app in &apps {
-        let dir = match install_project(&cfg.pacman, &store, app) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(format!("{e:#}"))),
+    // Each app's compose runs beside the others': compose v1 is a Python program whose
+    // start alone takes most of a second of CPU, and the engine creates one app's network
+    // and containers while another's compose starts.
+    let stream = crate::failpoint::current();
+    let ups: Vec<Result<Verdict<health::Expected>>> = std::thread::scope(|s| {
+        let up = |app| {
+            let _worker = crate::failpoint::join(stream);
+            up_one(&cfg.pacman, &engine, &cli, &store, app)
         };
-        crate::failpoint::pause("compose-up");
-        if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
-            // The engine may have gone away under compose, and come back (systemd restarts
-            // it): not the app's fault. Still away: 52, the work stays pending; back: `up`
-            // once more (it is idempotent) before calling the app failed and rolling back.
-            Engine::connect_to(engine.host())?;
-            tracing::warn!(
-                "app {}: {e:#}: the engine answers, trying once more",
-                app.name
-            );
-            if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
-                return Ok(Err(format!("app {}: {e:#}", app.name)));
-            }
+        let started: Vec<_> = (apps.iter())
+            .map(|app| {
+                std::thread::Builder::new()
+                    .name(format!("up-{}", app.name))
+                    .spawn_scoped(s, move || up(app))
+                    .map_err(|_| app)
+            })
+            .collect();
+        (started.into_iter())
+            .map(|t| match t {
+                Ok(t) => t.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("starting an app: its thread panicked").into())
+                }),
+                // No thread to spare: on this one.
+                Err(app) => up(app),
+            })
+            .collect()
+    });
+    let mut expected = Vec::new();
+    for up in ups {
+        match up? {
+            Ok(e) => expected.push(e),
+            Err(why) => return Ok(Err(why)),
         }
-        expected.push(health::Expected {
-            app: app.name.clone(),
-            project: project_name(&app.name),
-            services: app.compose.services.keys().cloned().collect(),
-        });
     }
     crate::failpoint::hit("run-apps-up");
     health::wait(&engine, &expected, policy)
+}
+
+/// One app's project in place and `compose up`: what [`health::wait`] then waits for, or
+/// why the app failed. `Err`: the engine went away.
+fn up_one(
+    pacman: &Pacman,
+    engine: &Engine,
+    cli: &Cli,
+    store: &Store,
+    app: &App,
+) -> Result<Verdict<health::Expected>> {
+    let dir = match install_project(pacman, store, app) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    crate::failpoint::pause("compose-up");
+    if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
+        // The engine may have gone away under compose, and come back (systemd restarts
+        // it): not the app's fault. Still away: 52, the work stays pending; back: `up`
+        // once more (it is idempotent) before calling the app failed and rolling back.
+        Engine::connect_to(engine.host())?;
+        tracing::warn!(
+            "app {}: {e:#}: the engine answers, trying once more",
+            app.name
+        );
+        if let Err(e) = cli.up(&dir, &project_name(&app.name)) {
+            return Ok(Err(format!("app {}: {e:#}", app.name)));
+        }
+    }
+    Ok(Ok(health::Expected {
+        app: app.name.clone(),
+        project: project_name(&app.name),
+        services: app.compose.services.keys().cloned().collect(),
+    }))
 }
 
 /// Bring back the apps of `record`: from the store when their URI is known, else from the
