@@ -474,19 +474,35 @@ fn blob_not_matching_its_digest_is_refused_with_nothing_loaded() {
     assert_eq!(s.image_ids(), images);
 }
 
+/// The last layer of `app`'s image (version 2) in bundle `b` with its gzip header's time
+/// changed: the engine would take it (the same tar inside), only its digest tells. Returns
+/// the layer's digest.
+fn retime_last_layer(s: &AppScene, b: &std::path::Path, app: &str) -> String {
+    let info = &s.written[&("2".to_string(), app.to_string())];
+    let layer = info.images[0].layer_digests.last().unwrap().clone();
+    let path = b.join("apps/blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip layer");
+    bytes[4..8].copy_from_slice(&1_700_000_000u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    layer
+}
+
+const THREE: [&str; 3] = ["app-01", "app-02", "app-03"];
+
+/// Version 2 with the apps [`THREE`] (each its own image; all share the busybox layer).
+fn three_apps(s: &AppScene) -> T {
+    T::new("2", THREE.iter().map(|n| app(&s.f.name, n, "v2")).collect())
+}
+
 /// Three images loaded at once share their busybox layer: it is copied into the store once
 /// (by the first load to reach it; the others read the store's copy), every blob of the
 /// bundle is in the store exactly once, and no partial file is left.
 #[test]
 fn images_loaded_at_once_copy_a_shared_layer_once() {
     let mut s = AppScene::new(None);
-    let f = s.f.name.clone();
-    let names = ["app-01", "app-02", "app-03"];
-    let b = s.bundle(vec![T::new(
-        "2",
-        names.iter().map(|n| app(&f, n, "v2")).collect(),
-    )
-    .on("1")]);
+    let names = THREE;
+    let b = s.bundle(vec![three_apps(&s).on("1")]);
     let shared = &s.written[&("2".to_string(), "app-01".to_string())].images[0].layer_digests[0];
     for n in &names[1..] {
         let info = &s.written[&("2".to_string(), n.to_string())];
@@ -524,21 +540,9 @@ fn images_loaded_at_once_copy_a_shared_layer_once() {
 #[test]
 fn a_bad_layer_among_images_loaded_at_once_leaves_nothing() {
     let mut s = AppScene::new(None);
-    let f = s.f.name.clone();
-    let names = ["app-01", "app-02", "app-03"];
-    let b = s.bundle(vec![T::new(
-        "2",
-        names.iter().map(|n| app(&f, n, "v2")).collect(),
-    )]);
+    let b = s.bundle(vec![three_apps(&s)]);
     // app-03's own layer (its marker), shared with no other image.
-    let info = &s.written[&("2".to_string(), "app-03".to_string())];
-    let layer = info.images[0].layer_digests.last().unwrap().clone();
-    let path = b.path().join("apps/blobs/sha256").join(&layer);
-    let mut bytes = std::fs::read(&path).unwrap();
-    // A gzip header's time: the engine would take the layer, only its digest tells.
-    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip layer");
-    bytes[4..8].copy_from_slice(&1_700_000_000u32.to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
+    let layer = retime_last_layer(&s, b.path(), "app-03");
     let images = s.image_ids();
     let before = Unchanged::new(&s.d, b.path());
     let r = s.install(b.path());
@@ -561,13 +565,7 @@ fn layer_the_engine_would_take_but_not_matching_its_digest_loads_nothing() {
     let mut s = AppScene::new(None);
     let f = s.f.name.clone();
     let b = s.bundle(vec![T::new("2", vec![app(&f, "app-01", "v2")])]);
-    let info = &s.written[&("2".to_string(), "app-01".to_string())];
-    let layer = info.images[0].layer_digests.last().unwrap().clone();
-    let path = b.path().join("apps/blobs/sha256").join(&layer);
-    let mut bytes = std::fs::read(&path).unwrap();
-    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip layer");
-    bytes[4..8].copy_from_slice(&1_700_000_000u32.to_le_bytes());
-    std::fs::write(&path, bytes).unwrap();
+    let layer = retime_last_layer(&s, b.path(), "app-01");
     let images = s.image_ids();
     let before = Unchanged::new(&s.d, b.path());
     let bundle = b.path().to_str().unwrap();
