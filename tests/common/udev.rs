@@ -109,7 +109,6 @@ pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, Str
         .args(["settle", "--timeout=60"])
         .status();
     let deadline = Instant::now() + UDEV_WAIT;
-    let mut retrigger = Instant::now() + Duration::from_secs(2);
     loop {
         let props = properties(devnode);
         if done(&props) {
@@ -120,16 +119,6 @@ pub fn wait_udev(devnode: &Path, what: &str, done: impl Fn(&BTreeMap<String, Str
             "udev never reported {what} for {}: {props:?}",
             devnode.display()
         );
-        // No database entry at all after a while: udevd never processed the device's event
-        // (seen once on a busy machine, for a partition that partx added). Ask the kernel
-        // for another; a change of a known device is what every close after a write sends.
-        if props.is_empty() && Instant::now() > retrigger {
-            let _ = Command::new("udevadm")
-                .args(["trigger", "--action=change"])
-                .arg(devnode)
-                .status();
-            retrigger = Instant::now() + Duration::from_secs(2);
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -150,6 +139,9 @@ pub struct LoopStick {
     /// The device holding the filesystem: `/dev/loopN`, or `/dev/loopNp1` if partitioned.
     pub devnode: PathBuf,
     partitioned: bool,
+    /// A shared BSD lock on the whole disk while it is partitioned (see
+    /// [`LoopStick::partitioned`]).
+    hold: Option<File>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -184,6 +176,7 @@ impl LoopStick {
             devnode: loopdev.clone(),
             loopdev,
             partitioned: false,
+            hold: None,
         };
         match fs {
             Some(fs) => wait_udev(&stick.devnode, fs.uuid, |p| {
@@ -231,12 +224,20 @@ impl LoopStick {
             disk.sync_all().unwrap();
         }
         let loopdev = attach(&img, true);
+        // Kernels without an MBR parser (CONFIG_MSDOS_PARTITION off, as in some VMs) see the
+        // partition only through partx, and drop it again on any re-read of the table. udevd
+        // re-reads it after a close of the disk opened for writing (losetup's, just now)
+        // unless it cannot lock the disk: a shared lock held for the stick's life keeps the
+        // partition, and udev's own processing (which takes a shared lock) goes on.
+        let hold = File::open(&loopdev).unwrap();
+        hold.lock_shared().unwrap();
         let devnode = PathBuf::from(format!("{}p1", loopdev.display()));
         let stick = LoopStick {
             dir,
             loopdev,
             devnode,
             partitioned: true,
+            hold: Some(hold),
         };
         // A loop device reused right after another test may still serve that test's sector
         // 0 from its buffer cache, and partx then finds no partition: flush and retry.
@@ -284,6 +285,7 @@ fn attach(img: &Path, partscan: bool) -> PathBuf {
 
 impl Drop for LoopStick {
     fn drop(&mut self) {
+        drop(self.hold.take());
         if self.partitioned {
             let _ = Command::new("partx").arg("-d").arg(&self.loopdev).status();
         }
