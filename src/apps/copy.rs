@@ -3,24 +3,24 @@
 //! checks the size and the digest, syncs the file and renames it into place. Dropped
 //! before that, the partial file goes. The store's own copies drive it in a loop; an image
 //! load reads the blob's bytes through it for the engine, so the stick is read once for
-//! both.
+//! both, and hands the verified file to [`super::settle`] to be synced and put in place.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use super::content::{App, Blob, BlobSource};
 use super::docker::Engine;
+use super::settle::{Settler, Written};
 use super::store::{FetchProgress, Store};
 use crate::core::bundle::Bundle;
-use crate::error::{Code, Error, OrCode, Result};
+use crate::error::{Error, OrCode, Result};
 use crate::overlap::Cancel;
 
 pub(crate) struct BlobCopy<'a> {
@@ -171,14 +171,13 @@ impl<'a> BlobCopy<'a> {
             .try_clone()
             .or_internal(format!("holding {}", self.partial.display()))?;
         self.finished = true;
-        Ok(Written {
-            hex: self.hex.clone(),
-            size: self.len,
-            file: to,
-            partial: self.partial.clone(),
-            dest: self.dest.clone(),
-            placed: false,
-        })
+        Ok(Written::new(
+            self.hex.clone(),
+            self.len,
+            to,
+            self.partial.clone(),
+            self.dest.clone(),
+        ))
     }
 
     /// Copy the whole blob, a chunk at a time, `stop` asked before each chunk.
@@ -232,184 +231,6 @@ impl BlobCopy<'_> {
 impl Drop for BlobCopy<'_> {
     fn drop(&mut self) {
         self.discard();
-    }
-}
-
-/// A blob's partial file whose bytes are all written and verified, not yet synced.
-pub(crate) struct Written {
-    hex: String,
-    size: u64,
-    file: File,
-    partial: PathBuf,
-    dest: PathBuf,
-    placed: bool,
-}
-
-impl Written {
-    /// Synced, then renamed under its name: a blob in the store survives a power cut whole.
-    fn settle(mut self) -> Result<()> {
-        self.file
-            .sync_all()
-            .or_internal(format!("syncing {}", self.partial.display()))?;
-        fs::rename(&self.partial, &self.dest)
-            .or_internal(format!("renaming {}", self.partial.display()))?;
-        self.placed = true;
-        crate::failpoint::hit("install-blob-copied");
-        Ok(())
-    }
-}
-
-impl Drop for Written {
-    fn drop(&mut self) {
-        if !self.placed {
-            let _ = fs::remove_file(&self.partial);
-        }
-    }
-}
-
-/// The blobs an image load copied, synced and put in place by a thread of their own: the
-/// engine's stream goes on to the next blob while the last one reaches the disk (an
-/// `fsync` of a layer takes seconds that the engine would otherwise wait for).
-struct Settler {
-    tx: Mutex<Option<mpsc::Sender<Written>>>,
-    thread: Option<JoinHandle<()>>,
-    shared: Arc<Settling>,
-}
-
-#[derive(Default)]
-struct Settling {
-    state: Mutex<SettleState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct SettleState {
-    /// Store paths handed over and not yet in place (or failed).
-    pending: BTreeSet<PathBuf>,
-    /// In place, with their sizes.
-    settled: Vec<(String, u64)>,
-    /// The first failure; the blobs after it are not put in place.
-    failed: Option<Error>,
-}
-
-impl Settler {
-    fn start() -> Result<Settler> {
-        let (tx, rx) = mpsc::channel::<Written>();
-        let shared = Arc::new(Settling::default());
-        let stream = crate::failpoint::current();
-        let thread = std::thread::Builder::new()
-            .name("blob-sync".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || {
-                    let _worker = crate::failpoint::join(stream);
-                    for written in rx {
-                        let failed = shared.lock().failed.is_some();
-                        let (dest, hex, size) =
-                            (written.dest.clone(), written.hex.clone(), written.size);
-                        let outcome = if failed {
-                            drop(written);
-                            Ok(())
-                        } else {
-                            written.settle()
-                        };
-                        let mut state = shared.lock();
-                        state.pending.remove(&dest);
-                        match outcome {
-                            Ok(()) if !failed => state.settled.push((hex, size)),
-                            Ok(()) => {}
-                            Err(e) => {
-                                state.failed.get_or_insert(e);
-                            }
-                        }
-                        shared.changed.notify_all();
-                    }
-                }
-            })
-            .or_internal("starting the thread that syncs the store's blobs")?;
-        Ok(Settler {
-            tx: Mutex::new(Some(tx)),
-            thread: Some(thread),
-            shared,
-        })
-    }
-
-    /// `path` is this caller's to copy (`true`), or in the store already (`false`): a copy
-    /// of it that another load began is waited for, never begun twice (both would write
-    /// the one partial file).
-    fn claim(&self, path: &Path, in_store: impl Fn() -> bool) -> bool {
-        let mut state = self.shared.lock();
-        while state.pending.contains(path) {
-            state = self.shared.wait(state);
-        }
-        if in_store() {
-            return false;
-        }
-        state.pending.insert(path.to_path_buf())
-    }
-
-    /// A claimed copy that was not handed over (it failed): another may begin it.
-    fn release(&self, path: &Path) {
-        self.shared.lock().pending.remove(path);
-        self.shared.changed.notify_all();
-    }
-
-    /// A claimed copy, verified, to be put in place; its claim ends once it is settled.
-    fn hand_over(&self, written: Written) -> io::Result<()> {
-        let sent = match self.tx.lock().ok().as_deref() {
-            Some(Some(tx)) => tx.send(written).map_err(|e| e.0.dest.clone()),
-            _ => Err(written.dest.clone()),
-        };
-        sent.map_err(|dest| {
-            to_io(Error::new(
-                Code::Internal,
-                format!(
-                    "{}: the thread that syncs the store's blobs is gone",
-                    dest.display()
-                ),
-            ))
-        })
-    }
-
-    /// Until every blob claimed is settled.
-    fn wait_all(&self) {
-        let mut state = self.shared.lock();
-        while !state.pending.is_empty() {
-            state = self.shared.wait(state);
-        }
-    }
-
-    /// Every blob settled: those in place, or the first failure.
-    fn finish(mut self) -> (Vec<(String, u64)>, Result<()>) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let joined = self.thread.take().map(JoinHandle::join);
-        let mut state = self.shared.lock();
-        let settled = std::mem::take(&mut state.settled);
-        let outcome = match (joined, state.failed.take()) {
-            (Some(Err(_)), _) => Err(Error::new(
-                Code::Internal,
-                "the thread that syncs the store's blobs panicked",
-            )),
-            (_, Some(e)) => Err(e),
-            _ => Ok(()),
-        };
-        (settled, outcome)
-    }
-}
-
-impl Settling {
-    fn lock(&self) -> MutexGuard<'_, SettleState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait<'s>(&self, state: MutexGuard<'s, SettleState>) -> MutexGuard<'s, SettleState> {
-        self.changed
-            .wait(state)
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

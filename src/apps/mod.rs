@@ -21,6 +21,7 @@ mod copy;
 pub mod docker;
 pub mod health;
 pub mod previous;
+mod settle;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
