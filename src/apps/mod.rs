@@ -247,7 +247,7 @@ fn load_images(
     blobs: &dyn Blobs,
 ) -> Result<usize> {
     let mut seen = BTreeSet::new();
-    let mut todo = Vec::new();
+    let (mut todo, mut also) = (Vec::new(), Vec::new());
     for image in apps.iter().flat_map(|a| &a.images) {
         cancel.check(&format!("loading image {}", image.tag()))?;
         // Two repos can hold the same image (same config): loaded once, tagged for each.
@@ -258,6 +258,8 @@ fn load_images(
             engine.tag(&image.id(), &image.tag())?;
         } else if todo.iter().all(|i: &&Image| i.id() != image.id()) {
             todo.push(image);
+        } else {
+            also.push(image);
         }
     }
     // The engine unpacks one image while the next streams in: on two cores, three
@@ -301,10 +303,13 @@ fn load_images(
     let loaded = loaded.into_inner().unwrap_or_default();
     let count = loaded.len();
     ids.extend(loaded);
-    match failed.into_inner().ok().flatten() {
-        Some(e) => Err(e),
-        None => Ok(count),
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
     }
+    for image in also {
+        engine.tag(&image.id(), &image.tag())?;
+    }
+    Ok(count)
 }
 
 /// One image into the engine, its blobs read through `blobs`.

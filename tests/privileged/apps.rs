@@ -535,6 +535,31 @@ fn images_loaded_at_once_copy_a_shared_layer_once() {
     }
 }
 
+/// Two apps' repos hold the same image (the same config and layers): it is loaded once and
+/// tagged for both, so that each app's compose finds its own tag.
+#[test]
+fn one_image_in_two_repos_is_loaded_once_and_tagged_for_both() {
+    let mut s = AppScene::new(None);
+    let f = s.f.name.clone();
+    let same = |name: &str| AppSpec::busybox(&f, name, "one image, two repos");
+    let b = s.bundle(vec![
+        T::new("2", vec![same("app-01"), same("app-02")]).on("1")
+    ]);
+    assert_eq!(s.image_id("2", "app-01"), s.image_id("2", "app-02"));
+    let r = s.install(b.path());
+    code(&r, 101);
+    assert!(r.stdout.contains(" 1 image(s) loaded"), "{}", r.stdout);
+    let tags: Vec<String> = (s.engine().images().unwrap().into_iter())
+        .flat_map(|i| i.repo_tags)
+        .collect();
+    for name in ["app-01", "app-02"] {
+        assert!(
+            tags.iter().any(|t| t.contains(&format!("/{name}:"))),
+            "{name}: {tags:?}"
+        );
+    }
+}
+
 /// One of three images loaded at once has a layer that does not match its digest: the
 /// others, loaded beside it, are taken back with everything the install copied.
 #[test]
