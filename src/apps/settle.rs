@@ -73,7 +73,7 @@ struct Settling {
 
 #[derive(Default)]
 struct SettleState {
-    /// Store paths handed over and not yet in place (or failed).
+    /// Store paths claimed by a load (being copied, or handed over and not yet in place).
     pending: BTreeSet<PathBuf>,
     /// In place, with their sizes.
     settled: Vec<(String, u64)>,
