@@ -232,12 +232,12 @@ fn check_archive(bundle: &Bundle, app: &App, scratch_in: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load every image of `apps` the engine lacks, its blobs read through `blobs`; tag the
-/// others. The ids of those loaded go into `ids`.
 /// Images loaded at once from the store (no stick to spare): what the engine unpacks best
 /// on two cores.
 const STORE_LOADS_AT_ONCE: usize = 3;
 
+/// Load every image of `apps` the engine lacks, `at_once` at a time, its blobs read
+/// through `blobs`; tag the others. The ids of those loaded go into `ids`.
 fn load_images(
     engine: &Engine,
     store: &Store,

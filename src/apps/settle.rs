@@ -15,11 +15,11 @@ use crate::error::{Code, Error, OrCode, Result};
 
 /// A blob's partial file whose bytes are all written and verified, not yet synced.
 pub(crate) struct Written {
-    pub(super) hex: String,
+    hex: String,
     size: u64,
     file: File,
     partial: PathBuf,
-    pub(super) dest: PathBuf,
+    dest: PathBuf,
     placed: bool,
 }
 

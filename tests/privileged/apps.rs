@@ -501,10 +501,9 @@ fn three_apps(s: &AppScene) -> T {
 #[test]
 fn images_loaded_at_once_copy_a_shared_layer_once() {
     let mut s = AppScene::new(None);
-    let names = THREE;
     let b = s.bundle(vec![three_apps(&s).on("1")]);
     let shared = &s.written[&("2".to_string(), "app-01".to_string())].images[0].layer_digests[0];
-    for n in &names[1..] {
+    for n in &THREE[1..] {
         let info = &s.written[&("2".to_string(), n.to_string())];
         assert_eq!(
             &info.images[0].layer_digests[0], shared,
@@ -530,7 +529,7 @@ fn images_loaded_at_once_copy_a_shared_layer_once() {
     assert!(r.stdout.contains(&summary), "{summary} in {}", r.stdout);
     assert_eq!(blobs(&s), in_bundle.keys().cloned().collect::<Vec<_>>());
     let ids = s.image_ids();
-    for n in names {
+    for n in THREE {
         assert!(ids.contains(&s.image_id("2", n)), "{n}: {ids:?}");
     }
 }
